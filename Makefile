@@ -1,0 +1,44 @@
+# ocf-ravada — install, test, demo.  Everything runs with Debian's /usr/bin/python3.
+PYTHON    ?= /usr/bin/python3
+DESTDIR   ?=
+PREFIX    ?= /usr
+OCF_ROOT  ?= /usr/lib/ocf
+PYLIBDIR  ?= $(PREFIX)/lib/python3/dist-packages
+SBINDIR   ?= $(PREFIX)/sbin
+
+AGENTS    := $(wildcard agents/*)
+COMMANDS  := $(wildcard tools/ravada-* tools/fence_*)
+PYPACKAGES:= lib/ocf_ravada $(wildcard placement/ravada_placement)
+
+.PHONY: all deps install uninstall test test-unit check clean
+all:
+	@echo "targets: deps install test test-unit demo demo-down bench"
+
+deps:
+	tools/install-deps
+
+install:
+	install -d $(DESTDIR)$(OCF_ROOT)/resource.d/ravada $(DESTDIR)$(PYLIBDIR) $(DESTDIR)$(SBINDIR)
+	for a in $(AGENTS); do install -m 0755 $$a $(DESTDIR)$(OCF_ROOT)/resource.d/ravada/; done
+	for c in $(COMMANDS); do install -m 0755 $$c $(DESTDIR)$(SBINDIR)/; done
+	for p in $(PYPACKAGES); do \
+	    (cd $$(dirname $$p) && find $$(basename $$p) -name '*.py' -o -name '*.rng' -o -name '*.xml' \
+	        | grep -v __pycache__ | while read f; do install -D -m 0644 $$f $(DESTDIR)$(PYLIBDIR)/$$f; done); \
+	done
+
+uninstall:
+	for a in $(AGENTS); do rm -f $(DESTDIR)$(OCF_ROOT)/resource.d/ravada/$$(basename $$a); done
+	for c in $(COMMANDS); do rm -f $(DESTDIR)$(SBINDIR)/$$(basename $$c); done
+	for p in $(PYPACKAGES); do rm -rf $(DESTDIR)$(PYLIBDIR)/$$(basename $$p); done
+
+# The README's test command: installs what is missing, then every test, real stacks included.
+test: deps
+	$(PYTHON) -m pytest test
+
+test-unit:
+	$(PYTHON) -m pytest test/unit
+
+clean:
+	find . -name __pycache__ -prune -exec rm -rf {} +
+
+-include mk/*.mk
