@@ -1,0 +1,158 @@
+"""ravada-place: plan VM placement for Pacemaker and emit, simulate or apply it.
+
+Exit status: 0 done; 1 bad input; 2 usage error; 3 the plan is incomplete (some VM has no
+node: nothing is applied); 4 Pacemaker refused or failed (nothing is applied).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import cib as cibmod
+from . import constraints, render
+from .jsonin import load_json
+from .model import Cluster, InputError
+from .pacemaker import PacemakerError, apply, simulate, verify, write_cib
+from .plan import Plan, plan_drain, plan_place, plan_rebalance
+from .policies import POLICIES, make_policy
+from .state import Limits
+
+EXIT_INPUT, EXIT_USAGE, EXIT_INCOMPLETE, EXIT_PACEMAKER = 1, 2, 3, 4
+
+
+def _ratio(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value <= 100:
+        raise argparse.ArgumentTypeError(f"ratio must be > 0 and <= 100, not {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    source = common.add_mutually_exclusive_group()
+    source.add_argument("--cib", metavar="FILE", help="a saved CIB (cibadmin --query) instead of the live cluster")
+    source.add_argument("--json", metavar="FILE", help="a JSON cluster description (planning only)")
+    common.add_argument("--policy", choices=sorted(POLICIES), default="balanced",
+                        help="node choice: balanced (default), pack, or ravada (Ravada's own rule)")
+    common.add_argument("--same-user", action="store_true", help="keep one user's VMs on the same node")
+    common.add_argument("--cpu-ratio", type=_ratio, default=1.0, metavar="R",
+                        help="vCPU overcommit: a node takes vCPUs up to cpu x R (default 1.0)")
+    common.add_argument("--memory-ratio", type=_ratio, default=1.0, metavar="R",
+                        help="memory overcommit: up to hv_memory x R (default 1.0)")
+    common.add_argument("--score", default="1000",
+                        help="location score of a placement, or INFINITY for mandatory (default 1000)")
+    common.add_argument("--format", choices=("text", "xml", "pcs", "crm", "json"), default="text",
+                        help="output: plan as text, CIB constraints, pcs or crm commands, or JSON")
+    common.add_argument("--explain", action="store_true", help="show every node's score or exclusion per VM")
+    common.add_argument("--simulate", action="store_true",
+                        help="run Pacemaker's crm_simulate with the constraints and show where it puts each VM")
+    common.add_argument("--write-cib", metavar="FILE", help="write the CIB with the constraints applied")
+    common.add_argument("--apply", action="store_true", help="apply the constraints to the live CIB (one atomic change)")
+
+    parser = argparse.ArgumentParser(prog="ravada-place",
+                                     description="Place libvirt VMs on Pacemaker nodes by vCPU, memory, user and base.",
+                                     epilog="Options go after the command: ravada-place place --explain vm1")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    place = commands.add_parser("place", parents=[common], help="place new or stopped VMs (all, or those named)")
+    place.add_argument("vms", nargs="*", metavar="VM")
+    drain = commands.add_parser("drain", parents=[common], help="move every VM off NODE")
+    drain.add_argument("node", metavar="NODE")
+    rebalance = commands.add_parser("rebalance", parents=[common], help="the migrations that lower imbalance most")
+    rebalance.add_argument("--max-moves", type=int, default=5, metavar="K", help="at most K migrations (default 5)")
+    rebalance.add_argument("--min-gain", type=float, default=0.01, metavar="G",
+                           help="stop when a move lowers imbalance by less than G (default 0.01)")
+    clear = commands.add_parser("clear", parents=[common], help="remove ravada-place constraints (all, or of the VMs named)")
+    clear.add_argument("vms", nargs="*", metavar="VM")
+    return parser
+
+
+def make_plan(args: argparse.Namespace, cluster: Cluster) -> Plan:
+    limits = Limits(cpu_ratio=args.cpu_ratio, memory_ratio=args.memory_ratio)
+    if args.command == "rebalance":
+        if args.policy != "balanced":
+            raise InputError("rebalance lowers imbalance; it works with --policy balanced only")
+        return plan_rebalance(cluster, limits, args.max_moves, args.min_gain, args.same_user)
+    policy = make_policy(args.policy, args.same_user)
+    if args.command == "drain":
+        return plan_drain(cluster, policy, limits, args.node, args.explain)
+    return plan_place(cluster, policy, limits, args.vms, args.explain)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except InputError as err:
+        print(f"ravada-place: error: {err}", file=sys.stderr)
+        return EXIT_INPUT
+    except PacemakerError as err:
+        print(f"ravada-place: pacemaker: {err}", file=sys.stderr)
+        return EXIT_PACEMAKER
+
+
+def _run(args: argparse.Namespace) -> int:
+    score = constraints.parse_score(args.score)
+    needs_cib = args.apply or args.simulate or args.write_cib or args.command == "clear"
+    if args.json and needs_cib:
+        raise InputError("--apply, --simulate, --write-cib and clear need a CIB, not --json")
+    if args.apply and args.cib:
+        raise InputError("--apply works on the live cluster; it cannot be combined with --cib")
+    if args.json:
+        cib, cluster, with_status = None, load_json(args.json), True
+    else:
+        cib, cluster, with_status = cibmod.read_cluster(args.cib)
+
+    if args.command == "clear":
+        unknown = set(args.vms) - cluster.vms.keys()
+        if unknown:
+            raise InputError(f"unknown VM(s): {', '.join(sorted(unknown))}")
+        plan, new, replace_for = Plan("clear"), [], set(args.vms) or None
+    else:
+        plan = make_plan(args, cluster)
+        new = constraints.locations(plan, score)
+        replace_for = {move.vm for move in plan.moves}
+
+    removed = [el.get("id") for el in constraints.ours_for(cib, replace_for)] if cib is not None else []
+    if args.explain and plan.explanations:
+        print(render.explain(plan))
+    print({"text": lambda: render.text(plan) if plan.kind != "clear" else "\n".join(f"remove {r}" for r in removed),
+           "xml": lambda: render.xml(new),
+           "pcs": lambda: render.pcs(new, removed),
+           "crm": lambda: render.crm(new, removed),
+           "json": lambda: render.as_json(plan, new)}[args.format]())
+    if not plan.complete:
+        print(f"ravada-place: {len(plan.failures)} VM(s) have no possible node; nothing applied", file=sys.stderr)
+        return EXIT_INCOMPLETE
+    if cib is None:
+        return 0
+
+    new_cib = constraints.with_locations(cib, new, replace_for)
+    if args.write_cib:
+        write_cib(new_cib, Path(args.write_cib))
+    if args.simulate:
+        _show_simulation(plan, cluster, new_cib, with_status)
+    if args.apply:
+        valid_before, _ = verify(cib)
+        valid_after, messages = verify(new_cib)
+        if valid_before and not valid_after:
+            raise PacemakerError(f"crm_verify rejects the new configuration; nothing applied:\n{messages}")
+        apply(cib, new_cib)
+        print(f"applied: {len(new)} constraint(s) written, {len(removed)} replaced")
+    return 0
+
+
+def _show_simulation(plan: Plan, cluster: Cluster, new_cib, with_status: bool) -> None:
+    nodes_up = [] if with_status else list(cluster.nodes)
+    where = simulate(new_cib, nodes_up)
+    planned = {move.vm: move.target for move in plan.moves}
+    print("simulation (crm_simulate):")
+    for vm in cluster.vms:
+        actual = where.get(vm)
+        note = ""
+        if vm in planned:
+            note = "  as planned" if actual == planned[vm] else f"  (planned {planned[vm]})"
+        print(f"  {vm:<24} {actual or 'Stopped'}{note}")

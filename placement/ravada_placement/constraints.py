@@ -1,0 +1,90 @@
+"""Turn a plan into `rsc_location` constraints and put them into a copy of the CIB.
+
+Every constraint this tool writes has an id starting with `ravada-place-`; before writing the
+constraints of a VM, only those of ours that name the same VM are removed.  Constraints of
+anybody else are never touched.
+"""
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass
+
+from lxml import etree
+
+from .cib import CONSTRAINT_PREFIX
+from .model import InputError
+from .plan import Plan
+
+INFINITY = "INFINITY"
+MAX_SCORE = 1_000_000
+
+
+@dataclass(frozen=True)
+class Location:
+    id: str
+    rsc: str
+    node: str
+    score: str
+
+
+def parse_score(text: str) -> str:
+    """A positive location score, or INFINITY for a mandatory placement."""
+    if text.strip().upper() in ("INFINITY", "+INFINITY", "INF"):
+        return INFINITY
+    try:
+        score = int(text)
+    except ValueError:
+        raise InputError(f"--score must be a positive integer or INFINITY, not {text!r}") from None
+    if not 0 < score < MAX_SCORE:
+        raise InputError(f"--score must be between 1 and {MAX_SCORE - 1} (or INFINITY), not {score}")
+    return str(score)
+
+
+def _id_part(text: str) -> str:
+    # XML ids (NCName): keep what is safe, replace the rest.
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", text)
+
+
+def locations(plan: Plan, score: str) -> list[Location]:
+    result = []
+    for move in plan.moves:
+        result.append(Location(f"{CONSTRAINT_PREFIX}{_id_part(move.vm)}", move.vm, move.target, score))
+        if plan.drained and move.source == plan.drained:
+            result.append(Location(f"{CONSTRAINT_PREFIX}{_id_part(move.vm)}-avoid-{_id_part(plan.drained)}",
+                                   move.vm, plan.drained, "-" + INFINITY))
+    return result
+
+
+def ours_for(cib: etree._Element, vms: set[str] | None) -> list[etree._Element]:
+    """Our constraints in the CIB, for the given VMs (all VMs when None)."""
+    return [loc for loc in cib.iterfind("configuration/constraints/rsc_location")
+            if loc.get("id", "").startswith(CONSTRAINT_PREFIX) and (vms is None or loc.get("rsc") in vms)]
+
+
+def location_element(location: Location) -> etree._Element:
+    return etree.Element("rsc_location", id=location.id, rsc=location.rsc, node=location.node,
+                         score=location.score)
+
+
+def with_locations(cib: etree._Element, new: list[Location], replace_for: set[str] | None) -> etree._Element:
+    """A copy of the CIB where our constraints for `replace_for` are replaced by `new`."""
+    result = copy.deepcopy(cib)
+    for old in ours_for(result, replace_for):
+        old.getparent().remove(old)
+    constraints = result.find("configuration/constraints")
+    if constraints is None:
+        constraints = etree.SubElement(result.find("configuration"), "constraints")
+    taken = {el.get("id") for el in result.iter() if el.get("id")}
+    for location in new:
+        if location.id in taken:
+            raise InputError(f"id {location.id} is already used in the CIB by something that is not ours")
+        constraints.append(location_element(location))
+    return result
+
+
+def constraints_fragment(new: list[Location]) -> etree._Element:
+    fragment = etree.Element("constraints")
+    for location in new:
+        fragment.append(location_element(location))
+    return fragment

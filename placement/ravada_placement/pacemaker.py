@@ -1,0 +1,95 @@
+"""Pacemaker's command-line tools, run as subprocesses (the CIB is their interface)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+from lxml import etree
+
+TIMEOUT = 120
+
+
+class PacemakerError(Exception):
+    """A Pacemaker tool failed or refused a change."""
+
+
+def run(argv: list[str], env: dict[str, str] | None = None, ok_codes: tuple[int, ...] = (0,)) -> str:
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT,
+                              env=dict(os.environ, **env) if env else None)
+    except FileNotFoundError:
+        raise PacemakerError(f"{argv[0]} not found (is pacemaker-cli-utils installed?)") from None
+    except subprocess.TimeoutExpired:
+        raise PacemakerError(f"{argv[0]} did not answer within {TIMEOUT}s") from None
+    if proc.returncode not in ok_codes:
+        detail = (proc.stderr or proc.stdout).strip()
+        raise PacemakerError(f"{' '.join(argv)} failed (exit {proc.returncode}): {detail}")
+    return proc.stdout
+
+
+def query_live_cib() -> bytes:
+    return run(["cibadmin", "--query"]).encode()
+
+
+def write_cib(root: etree._Element, path: Path) -> None:
+    path.write_bytes(etree.tostring(root, xml_declaration=False, encoding="UTF-8"))
+
+
+def status_of(cib: etree._Element) -> etree._Element:
+    """crm_mon's view (nodes online, where resources run) of exactly this CIB snapshot."""
+    with tempfile.TemporaryDirectory(prefix="ravada-place-") as tmp:
+        path = Path(tmp) / "cib.xml"
+        write_cib(cib, path)
+        out = run(["crm_mon", "--output-as=xml", "--one-shot", "--inactive"], env={"CIB_file": str(path)})
+    return etree.fromstring(out.encode())
+
+
+def verify(cib: etree._Element) -> tuple[bool, str]:
+    """crm_verify on a CIB: (valid, messages)."""
+    with tempfile.TemporaryDirectory(prefix="ravada-place-") as tmp:
+        path = Path(tmp) / "cib.xml"
+        write_cib(cib, path)
+        proc = subprocess.run(["crm_verify", "--verbose", "--xml-file", str(path)],
+                              capture_output=True, text=True, timeout=TIMEOUT)
+    return proc.returncode == 0, (proc.stdout + proc.stderr).strip()
+
+
+def simulate(cib: etree._Element, nodes_up: list[str]) -> dict[str, str | None]:
+    """Run Pacemaker's scheduler on this CIB (crm_simulate) and return where each top-level
+    resource ends up.  `nodes_up` are brought online first (a CIB without status section)."""
+    with tempfile.TemporaryDirectory(prefix="ravada-place-") as tmp:
+        source, result = Path(tmp) / "in.xml", Path(tmp) / "out.xml"
+        write_cib(cib, source)
+        argv = ["crm_simulate", "--xml-file", str(source), "--simulate", "--save-output", str(result)]
+        for node in nodes_up:
+            argv += ["--node-up", node]
+        run(argv)
+        out = run(["crm_mon", "--output-as=xml", "--one-shot", "--inactive"], env={"CIB_file": str(result)})
+    return resource_locations(etree.fromstring(out.encode()))
+
+
+def resource_locations(status: etree._Element) -> dict[str, str | None]:
+    where: dict[str, str | None] = {}
+    for rsc in status.iterfind("resources/resource"):
+        node = rsc.find("node")
+        active = rsc.get("active") == "true" and rsc.get("role") in ("Started", "Promoted", "Unpromoted")
+        where[rsc.get("id")] = node.get("name") if active and node is not None else None
+    return where
+
+
+def apply(old: etree._Element, new: etree._Element) -> None:
+    """One atomic CIB change: a versioned patch of `old` -> `new` (crm_diff).  The CIB applies
+    it only if it is still at `old`'s version, so a concurrent change makes this fail instead
+    of being overwritten."""
+    with tempfile.TemporaryDirectory(prefix="ravada-place-") as tmp:
+        old_path, new_path, patch_path = Path(tmp) / "old.xml", Path(tmp) / "new.xml", Path(tmp) / "patch.xml"
+        write_cib(old, old_path)
+        write_cib(new, new_path)
+        # crm_diff exits 1 when the files differ, which is the case we want.
+        patch = run(["crm_diff", "--original", str(old_path), "--new", str(new_path)], ok_codes=(0, 1))
+        if not patch.strip():
+            return
+        patch_path.write_text(patch)
+        run(["cibadmin", "--patch", "--xml-file", str(patch_path)])

@@ -1,0 +1,134 @@
+"""Capacity bookkeeping: what each node has left while a plan is being built."""
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+
+from .model import VM, Cluster, Node
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Overcommit ratios: a node accepts VMs while demand <= capacity x ratio."""
+    cpu_ratio: float = 1.0
+    memory_ratio: float = 1.0
+
+
+@dataclass
+class NodeLoad:
+    node: Node
+    cpu: int = 0
+    memory: int = 0
+    vms: int = 0
+    users: Counter = field(default_factory=Counter)
+
+    def cpu_capacity(self, limits: Limits) -> float:
+        return (self.node.cpu or 0) * limits.cpu_ratio
+
+    def memory_capacity(self, limits: Limits) -> float:
+        return (self.node.memory or 0) * limits.memory_ratio
+
+
+class PlacementState:
+    """Loads of every node; each assignment consumes capacity, so a batch is burst-safe.
+
+    It also keeps, over the usable nodes, the sums of the cpu and memory fractions and of
+    their squares, so the spread (standard deviation) after any single change is O(1).
+    """
+
+    def __init__(self, cluster: Cluster, limits: Limits) -> None:
+        self.cluster = cluster
+        self.limits = limits
+        self.loads = {name: NodeLoad(node) for name, node in cluster.nodes.items()}
+        self.closed: dict[str, str] = {}      # node -> why it takes nothing in this plan
+        for vm in cluster.vms.values():
+            if vm.node is not None:
+                self._change(vm, vm.node, 1)
+        self._recount()
+
+    def _recount(self) -> None:
+        self.usable = [node for node in self.loads if self.unusable(node) is None]
+        fractions = [self.fraction(node) for node in self.usable]
+        self.sums = [sum(f[i] for f in fractions) for i in (0, 1)]
+        self.squares = [sum(f[i] ** 2 for f in fractions) for i in (0, 1)]
+
+    def _change(self, vm: VM, node: str, sign: int) -> None:
+        load = self.loads[node]
+        load.cpu += sign * vm.cpu
+        load.memory += sign * vm.memory
+        load.vms += sign
+        if vm.user:
+            load.users[vm.user] += sign
+
+    def add(self, vm: VM, node: str) -> None:
+        self.sums, self.squares = self.spread_sums_after([(node, vm.cpu, vm.memory)])
+        self._change(vm, node, 1)
+
+    def remove(self, vm: VM, node: str) -> None:
+        self.sums, self.squares = self.spread_sums_after([(node, -vm.cpu, -vm.memory)])
+        self._change(vm, node, -1)
+
+    def close(self, node: str, reason: str) -> None:
+        self.closed[node] = reason
+        self._recount()
+
+    def spread_sums_after(self, changes: list[tuple[str, int, int]]) -> tuple[list[float], list[float]]:
+        """The running sums if each (node, cpu, memory) change were made."""
+        sums, squares = list(self.sums), list(self.squares)
+        for node, cpu, memory in changes:
+            if node in self.closed or self.unusable(node):
+                continue
+            before = self.fraction(node)
+            after = self.fraction(node, cpu, memory)
+            for i in (0, 1):
+                sums[i] += after[i] - before[i]
+                squares[i] += after[i] ** 2 - before[i] ** 2
+        return sums, squares
+
+    def spread(self, sums: list[float] | None = None, squares: list[float] | None = None) -> tuple[float, float]:
+        """Standard deviation of the (cpu, memory) fractions over the usable nodes."""
+        sums = self.sums if sums is None else sums
+        squares = self.squares if squares is None else squares
+        n = len(self.usable) or 1
+        return tuple(math.sqrt(max(squares[i] / n - (sums[i] / n) ** 2, 0.0)) for i in (0, 1))
+
+    def unusable(self, node: str) -> str | None:
+        """Why `node` takes no VM at all in this plan, or None."""
+        load = self.loads[node]
+        if node in self.closed:
+            return self.closed[node]
+        if load.node.unavailable:
+            return load.node.unavailable
+        if load.node.cpu is None or load.node.memory is None:
+            return "no utilization cpu/hv_memory published for this node"
+        return None
+
+    def eligibility(self, vm: VM, node: str) -> str | None:
+        """Why `node` can never host `vm` in this plan, whatever the load; None if it can."""
+        reason = self.unusable(node)
+        if reason:
+            return reason
+        if node in vm.banned:
+            return "banned by an administrator's constraint"
+        if vm.base and vm.base not in self.loads[node].node.bases:
+            return f"base {vm.base!r} not present (node attribute ravada-base-{vm.base} not set)"
+        return None
+
+    def shortage(self, node: str, cpu: int, memory: int, check_cpu: bool = True) -> str | None:
+        """Why `node` cannot take this much more now, or None if it fits."""
+        load = self.loads[node]
+        free_memory = load.memory_capacity(self.limits) - load.memory
+        if memory > free_memory:
+            return f"memory: needs {memory} MiB, {max(free_memory, 0):g} free"
+        free_cpu = load.cpu_capacity(self.limits) - load.cpu
+        if check_cpu and cpu > free_cpu:
+            return f"cpu: needs {cpu}, {max(free_cpu, 0):g} free"
+        return None
+
+    def fraction(self, node: str, cpu_extra: int = 0, memory_extra: int = 0) -> tuple[float, float]:
+        """(cpu, memory) use of a node as fractions of its capacity (after overcommit)."""
+        load = self.loads[node]
+        cpu_cap = load.cpu_capacity(self.limits) or 1.0
+        memory_cap = load.memory_capacity(self.limits) or 1.0
+        return (load.cpu + cpu_extra) / cpu_cap, (load.memory + memory_extra) / memory_cap
