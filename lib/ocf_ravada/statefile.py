@@ -1,0 +1,50 @@
+"""Small per-resource state kept in HA_RSCTMP (a tmpfs: it is gone after a reboot).
+
+Used for what must survive between actions on one node but is cheap to lose: the domain
+identity learnt at start (so stop and probes work when the config file is unreadable) and
+the utilization last written to the CIB (so monitors write only on change).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any
+
+
+class StateFile:
+    def __init__(self, directory: str, agent: str, resource: str) -> None:
+        self.path = os.path.join(directory, f"{agent}-{resource}.state")
+
+    def load(self) -> dict[str, Any]:
+        try:
+            with open(self.path, encoding="utf-8") as handle:
+                data = json.load(handle)
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def save(self, data: dict[str, Any]) -> None:
+        """Atomic replace, so a concurrent reader never sees half a file."""
+        directory = os.path.dirname(self.path)
+        os.makedirs(directory, mode=0o755, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".state-")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump(data, handle)
+            os.replace(tmp, self.path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+
+    def update(self, **changes: Any) -> dict[str, Any]:
+        data = self.load()
+        data.update(changes)
+        self.save(data)
+        return data
+
+    def remove(self) -> None:
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass

@@ -1,0 +1,1 @@
+"""ocf:ravada:VirtualDomain: a libvirt domain as a Pacemaker resource."""

@@ -1,0 +1,51 @@
+"""Deeper monitor checks: the guest agent (level 10) and admin scripts (level 20)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import libvirt
+
+from ..deadline import Deadline
+from ..ocf import OcfError, Rc
+from ..virt.connection import Hypervisor, LibvirtUnavailable
+
+
+def guest_agent_ping(hv: Hypervisor, dom: libvirt.virDomain, name: str, deadline: Deadline) -> bool:
+    """Ping qemu-guest-agent; False when the guest has no agent channel (nothing to check)."""
+    import libvirt_qemu
+    from ..virt import domxml
+
+    xml = hv.call(f"reading the definition of {name}", dom.XMLDesc, 0, limit=5)
+    if not domxml.parse(xml).has_guest_agent:
+        return False
+    timeout = max(1, int(deadline.bounded(5)))
+    try:
+        reply = hv.call(f"pinging the guest agent of {name}", libvirt_qemu.qemuAgentCommand,
+                        dom, json.dumps({"execute": "guest-ping"}), timeout, 0, limit=timeout + 1)
+    except (libvirt.libvirtError, LibvirtUnavailable) as err:
+        message = err.get_error_message() if isinstance(err, libvirt.libvirtError) else str(err)
+        raise OcfError(Rc.ERR_GENERIC, f"guest agent of {name} does not answer: {message}") from None
+    if "return" not in json.loads(reply or "{}"):
+        raise OcfError(Rc.ERR_GENERIC, f"guest agent of {name} gave an unexpected answer: {reply}")
+    return True
+
+
+def run_scripts(scripts: str, name: str, per_script: int, deadline: Deadline) -> None:
+    """Run each monitor script; the first failure fails the check with its output."""
+    env = dict(os.environ, DOMAIN_NAME=name)
+    for script in scripts.split():
+        timeout = deadline.bounded(per_script)
+        try:
+            done = subprocess.run([script], capture_output=True, text=True, timeout=max(0.1, timeout), env=env)
+        except FileNotFoundError:
+            raise OcfError(Rc.ERR_GENERIC, f"monitor script {script} not found") from None
+        except PermissionError:
+            raise OcfError(Rc.ERR_GENERIC, f"monitor script {script} is not executable") from None
+        except subprocess.TimeoutExpired:
+            raise OcfError(Rc.ERR_GENERIC, f"monitor script {script} did not finish within {timeout:.0f}s") from None
+        if done.returncode != 0:
+            output = (done.stdout + done.stderr).strip().splitlines()
+            detail = f": {output[-1]}" if output else ""
+            raise OcfError(Rc.ERR_GENERIC, f"monitor script {script} failed with exit {done.returncode}{detail}")

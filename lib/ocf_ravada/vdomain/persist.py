@@ -1,0 +1,87 @@
+"""Writing the domain's definition back to its config file, and the disk overlay for
+backingfile/stateless — the two places the agent writes admin files, both careful."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+
+import libvirt
+
+from ..deadline import Deadline
+from ..log import Log
+from ..ocf import OcfError, Rc
+from ..virt import domxml
+from ..virt.connection import Hypervisor
+from .config import ConfigUnreadable, read_text
+
+
+def save_config(hv: Hypervisor, dom: libvirt.virDomain, path: str, sync: bool,
+                deadline: Deadline, log: Log) -> None:
+    """Replace `path` with the domain's definition, only when it changed and parses."""
+    flags = libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE
+    xml = hv.call("reading the domain definition", dom.XMLDesc, flags, limit=10)
+    try:
+        current = read_text(path)
+    except ConfigUnreadable:
+        current = None
+    if xml == current:
+        return
+    try:
+        domxml.parse(xml)
+    except domxml.DomainXmlError as err:
+        log.warning(f"not saving the domain definition to {path}: {err}")
+        return
+    directory = os.path.dirname(path)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".ravada-save-")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(xml)
+        if current is not None:
+            shutil.copymode(path, tmp)
+            st = os.stat(path)
+            os.chown(tmp, st.st_uid, st.st_gid)
+        os.replace(tmp, path)
+    except OSError as err:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        log.warning(f"could not save the domain definition to {path}: {err}")
+        return
+    log.info(f"saved the changed domain definition to {path}")
+    if sync:
+        try:
+            subprocess.run(["csync2", "-x", path], check=True, capture_output=True,
+                           timeout=max(0.1, deadline.bounded(30)))
+        except (OSError, subprocess.SubprocessError) as err:
+            log.warning(f"csync2 -x {path} failed: {err}")
+
+
+def overlay_path(config: str) -> str:
+    return os.path.splitext(config)[0] + ".qcow2"
+
+
+def prepare_overlay(config: str, backing: str, stateless: bool, copyindirs: str,
+                    deadline: Deadline, log: Log) -> None:
+    overlay = overlay_path(config)
+    if stateless and os.path.exists(overlay):
+        os.unlink(overlay)
+    if not os.path.exists(overlay):
+        _run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", backing, overlay],
+             deadline, "creating the overlay")
+        log.info(f"created overlay {overlay} on {backing}")
+        for directory in copyindirs.split() if stateless else ():
+            _run(["virt-copy-in", "-a", overlay, directory, "/"], deadline, f"copying {directory} into the guest")
+
+
+def _run(argv: list[str], deadline: Deadline, what: str) -> None:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=max(0.1, deadline.remaining()))
+    except FileNotFoundError:
+        raise OcfError(Rc.ERR_INSTALLED, f"{what}: {argv[0]} is not installed") from None
+    except subprocess.TimeoutExpired:
+        raise OcfError(Rc.ERR_GENERIC, f"{what}: {argv[0]} did not finish in time") from None
+    if done.returncode != 0:
+        raise OcfError(Rc.ERR_GENERIC, f"{what} failed: {done.stderr.strip()}")

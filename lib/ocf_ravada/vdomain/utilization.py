@@ -1,0 +1,57 @@
+"""Resource utilization (cpu, host_memory, hv_memory) kept equal to the domain's size.
+
+The values last written are remembered in the state file, so the CIB is written only when
+a value changes (a resize, an edited config), not on every monitor as the shell agent does.
+"""
+from __future__ import annotations
+
+from .. import cib
+from ..deadline import Deadline
+from ..log import Log
+from ..ocf import Environment
+from ..statefile import StateFile
+
+ATTRIBUTES = ("cpu", "host_memory", "hv_memory")
+DELETED = "<deleted>"
+
+
+def wanted(params, vcpus: int, max_memory_kib: int) -> dict[str, str]:
+    """Attribute -> value to set, or DELETED to remove; absent: leave alone."""
+    values = {"cpu": str(vcpus), "host_memory": str(max_memory_kib // 1024),
+              "hv_memory": str(max_memory_kib // 1024)}
+    result = {}
+    for attr in ATTRIBUTES:
+        if params[f"autoset_utilization_{attr}"]:
+            result[attr] = values[attr]
+        elif params[f"unset_utilization_{attr}"]:
+            result[attr] = DELETED
+    return result
+
+
+def resource_id(env: Environment) -> str | None:
+    instance = env.get("OCF_RESOURCE_INSTANCE")
+    # A clone instance is "id:N"; utilization belongs to the primitive "id".
+    return instance.split(":", 1)[0] if instance else None
+
+
+def update(env: Environment, params, state: StateFile, vcpus: int, max_memory_kib: int,
+           deadline: Deadline, log: Log, force: bool = False) -> None:
+    target = wanted(params, vcpus, max_memory_kib)
+    recorded = {} if force else dict(state.load().get("utilization") or {})
+    changes = {a: v for a, v in target.items() if recorded.get(a) != v}
+    rsc = resource_id(env)
+    if not changes or rsc is None:
+        return
+    for attr, value in changes.items():
+        try:
+            if value == DELETED:
+                cib.delete_utilization(rsc, attr, deadline.bounded(5))
+            else:
+                cib.set_utilization(rsc, attr, value, deadline.bounded(5))
+        except cib.CibError as err:
+            # Placement data is advisory: never fail an action for it; retried next monitor.
+            log.info(f"utilization {attr} not updated: {err}")
+            continue
+        recorded[attr] = value
+        log.info(f"utilization {attr} of {rsc} " + ("removed" if value == DELETED else f"set to {value}"))
+    state.update(utilization=recorded)

@@ -1,0 +1,1 @@
+"""libvirt helpers shared by the agents: bounded connections, domain XML, QEMU processes."""
