@@ -1,0 +1,114 @@
+"""`ravada-lab`: bring up, inspect, break and remove a multi-node Pacemaker + libvirt lab."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from . import lifecycle
+from .cluster import observe
+from .errors import LabError
+from .layout import DEFAULT_NAME, DEFAULT_ROOT, LabLayout, check_node_count
+from .node import NODE_ENV, enter_command
+from .protocol import request
+from .state import LabState
+
+EXIT_NOT_UP = 3
+
+# command -> (controller operation, what it does, past tense for the report)
+NODE_COMMANDS = {
+    "kill": ("off", "power cut: every process of the node dies at once", "killed"),
+    "on": ("on", "power a killed node back on (starts its daemons)", "powered on"),
+    "freeze": ("freeze", "SIGSTOP every process of the node (a hung node)", "frozen"),
+    "thaw": ("thaw", "SIGCONT every process of the node", "thawed"),
+    "cut": ("cut", "unplug the node from the lab network (partition)", "cut off"),
+    "heal": ("heal", "plug the node back in", "reconnected"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--name", default=argparse.SUPPRESS,
+                        help=f"lab name (default {DEFAULT_NAME})")
+    common.add_argument("--root", type=Path, default=argparse.SUPPRESS,
+                        help=f"where labs keep their state (default {DEFAULT_ROOT})")
+    parser = argparse.ArgumentParser(prog="ravada-lab", parents=[common], description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    up = sub.add_parser("up", parents=[common], help="start a lab and wait for its cluster")
+    up.add_argument("--nodes", type=int, default=3, help="number of nodes (default 3)")
+    sub.add_parser("down", parents=[common], help="stop and remove everything of the lab")
+    sub.add_parser("status", parents=[common], help="nodes, daemons and cluster summary")
+    ex = sub.add_parser("exec", parents=[common], help="run a command inside a node")
+    ex.add_argument("node")
+    ex.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ...")
+    for command, (_op, doc, _done) in NODE_COMMANDS.items():
+        sub.add_parser(command, parents=[common], help=doc).add_argument("node")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        lab = LabLayout.for_lab(getattr(args, "name", DEFAULT_NAME),
+                                getattr(args, "root", DEFAULT_ROOT))
+        return _dispatch(args, lab)
+    except LabError as e:
+        print(f"ravada-lab: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("ravada-lab: interrupted", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace, lab: LabLayout) -> int:
+    if args.command == "up":
+        lifecycle.up(lab, check_node_count(args.nodes))
+        print(_status_text(lab))
+        return 0
+    if args.command == "down":
+        if not lifecycle.down(lab):
+            print(f"ravada-lab: lab {lab.name!r} is not up; nothing to remove", file=sys.stderr)
+        else:
+            print(f"lab {lab.name!r} removed")
+        return 0
+    if args.command == "status":
+        if not lab.state_file.exists():
+            print(f"ravada-lab: lab {lab.name!r} is not up", file=sys.stderr)
+            return EXIT_NOT_UP
+        print(_status_text(lab))
+        return 0
+    if args.command == "exec":
+        return _exec(lab, args.node, args.argv)
+    op, _doc, done = NODE_COMMANDS[args.command]
+    request(lab.control_socket, op, node=args.node)
+    print(f"{args.node} {done}")
+    return 0
+
+
+def _exec(lab: LabLayout, node: str, argv: list[str]) -> int:
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    holder = LabState.load(lab).holder(node)
+    env = dict(NODE_ENV, TERM=os.environ.get("TERM", "dumb"))
+    command = enter_command(holder) + (argv or ["/bin/bash", "-l"])
+    os.execvpe(command[0], command, env)
+
+
+def _status_text(lab: LabLayout) -> str:
+    state = LabState.load(lab)
+    lines = [f"lab {lab.name!r}: {lab.root}  (shared dir {lab.shared_dir})"]
+    for name, info in state.data["nodes"].items():
+        flags = [f for f in ("frozen", "cut") if info.get(f)]
+        daemons = " ".join(f"{d}:{p}" for d, p in sorted(info.get("daemons", {}).items()))
+        lines.append(f"  {name:7} {info['address']:12} power {info['power']:3} "
+                     f"{' '.join(flags):11} {daemons}")
+    try:
+        view = observe(state)
+        lines.append(f"  cluster: DC {view.dc or 'none'}, online {', '.join(sorted(view.online))}")
+        for rsc, nodes in sorted(view.resources.items()):
+            lines.append(f"    {rsc:14} {view.roles.get(rsc, ''):9} {', '.join(nodes)}")
+    except LabError as e:
+        lines.append(f"  cluster: unknown ({e})")
+    return "\n".join(lines)

@@ -1,0 +1,154 @@
+"""The per-lab controller: owner of the nodes' namespaces, their power, and the lab switch.
+
+It runs in its own network namespace, which holds the lab bridge (the "switch"); each node is
+cabled to it by a veth.  Every node process descends from it, so it alone reaps them.  Requests
+arrive on a unix socket (see protocol.py) from `ravada-lab` and from `fence_ravada_lab`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socketserver
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from . import procs
+from .errors import LabError
+from .layout import BRIDGE, LabLayout, check_node_count
+from .node import Node, run
+from .protocol import LAB_OPS, NODE_OPS
+
+
+class Controller:
+    def __init__(self, lab: LabLayout, count: int):
+        self.lab = lab
+        self.nodes = {n.name: Node(lab, n) for n in lab.nodes(count)}
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+
+    def build_switch(self) -> None:
+        run(["ip", "link", "set", "lo", "up"])
+        run(["ip", "link", "add", BRIDGE, "type", "bridge", "stp_state", "0", "forward_delay", "0"])
+        run(["ip", "link", "set", BRIDGE, "up"])
+
+    def power_on_all(self) -> None:
+        with self.lock, ThreadPoolExecutor(len(self.nodes)) as pool:
+            for future in [pool.submit(n.power_on) for n in self.nodes.values()]:
+                future.result()
+            self.save()
+
+    def handle(self, request: dict) -> dict:
+        op = request.get("op")
+        if op in LAB_OPS:
+            if op == "boot":
+                self.power_on_all()
+            elif op == "shutdown":
+                self.shutdown()
+            return self.state()
+        if op not in NODE_OPS:
+            raise LabError(f"unknown operation {op!r}")
+        name = request.get("node")
+        node = self.nodes.get(name) if isinstance(name, str) else None
+        if node is None:
+            raise LabError(f"no node {name!r} in lab {self.lab.name!r}; "
+                           f"nodes: {', '.join(self.nodes)}")
+        with self.lock:
+            self._node_op(op, node)
+            self.save()
+            return node.describe()
+
+    @staticmethod
+    def _node_op(op: str, node: Node) -> None:
+        if op == "on":
+            node.power_on()
+        elif op == "off":
+            node.power_off()
+        elif op == "reboot":
+            node.power_off()
+            node.power_on()
+        elif op == "freeze":
+            node.freeze()
+        elif op == "thaw":
+            node.thaw()
+        elif op in ("cut", "heal"):
+            node.set_cut(op == "cut")
+
+    def state(self) -> dict:
+        return {
+            "name": self.lab.name,
+            "controller": os.getpid(),
+            "switch_netns": procs.NamespaceIds.of(os.getpid()).net,
+            "nodes": {name: n.describe() for name, n in self.nodes.items()},
+        }
+
+    def save(self) -> None:
+        tmp = self.lab.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.state(), indent=2))
+        tmp.replace(self.lab.state_file)
+
+    def shutdown(self) -> None:
+        with self.lock:
+            for node in self.nodes.values():
+                node.power_off()
+            self.save()
+        self.stopping.set()
+
+
+class _Handler(socketserver.StreamRequestHandler):
+    server: "_Server"
+
+    def handle(self) -> None:
+        try:
+            request = json.loads(self.rfile.readline() or b"{}")
+            reply = {"ok": True, "data": self.server.controller.handle(request)}
+        except LabError as e:
+            reply = {"ok": False, "error": str(e)}
+        except Exception as e:  # noqa: BLE001 - the client must get an answer, not a hang
+            reply = {"ok": False, "error": f"controller error: {type(e).__name__}: {e}"}
+        self.wfile.write(json.dumps(reply).encode() + b"\n")
+
+
+class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+    def __init__(self, path: str, controller: Controller):
+        self.controller = controller
+        super().__init__(path, _Handler)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="ravada-lab controller (started by ravada-lab up)")
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--root", type=Path, required=True)
+    parser.add_argument("--nodes", type=int, required=True)
+    args = parser.parse_args(argv)
+    lab = LabLayout.for_lab(args.name, args.root)
+    controller = Controller(lab, check_node_count(args.nodes))
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=controller.shutdown).start())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.umask(0o077)
+    try:
+        controller.build_switch()
+        controller.save()
+        server = _Server(str(lab.control_socket), controller)
+    except LabError as e:
+        print(f"controller: {e}", file=sys.stderr)
+        return 1
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    print(f"controller {os.getpid()} ready", flush=True)
+    controller.stopping.wait()
+    # Let the shutdown request's answer reach the client before the socket goes.
+    time.sleep(0.2)
+    server.server_close()
+    lab.control_socket.unlink(missing_ok=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

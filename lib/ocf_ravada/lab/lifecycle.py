@@ -1,0 +1,182 @@
+"""Bringing a whole lab up and tearing it down (the controller does the per-node work)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import ocf_ravada
+
+from . import configs, procs
+from .cluster import ClusterView, wait_until
+from .errors import LabError
+from .layout import LabLayout
+from .node import PYTHON, write_node_files
+from .protocol import request
+from .state import LabState, node_run
+
+FENCE_AGENT = Path("/usr/sbin/fence_ravada_lab")
+FENCE_DEVICE = "lab-fence"
+NEEDED_COMMANDS = ("corosync", "pacemakerd", "libvirtd", "virtlogd", "pcs", "crm_mon",
+                   "corosync-keygen", "nsenter", "unshare", "setsid", "ip", "mount")
+BOOT_TIMEOUT = 180.0
+FORM_TIMEOUT = 120.0
+
+
+def is_up(lab: LabLayout) -> bool:
+    try:
+        request(lab.control_socket, "ping", timeout=5)
+        return True
+    except LabError:
+        return False
+
+
+def preflight(lab: LabLayout) -> None:
+    if os.geteuid() != 0:
+        raise LabError("ravada-lab needs root (namespaces, mounts, network links)")
+    missing = [c for c in NEEDED_COMMANDS if shutil.which(c) is None]
+    if missing:
+        raise LabError(f"missing commands: {', '.join(missing)} (run tools/install-deps)")
+    if not FENCE_AGENT.exists():
+        raise LabError(f"{FENCE_AGENT} is not installed; Pacemaker's fencer only finds fence "
+                       "agents there (run `make install`)")
+    if is_up(lab):
+        raise LabError(f"lab {lab.name!r} is already up (ravada-lab status --name {lab.name})")
+    if lab.root.exists():
+        raise LabError(f"stale state of lab {lab.name!r} in {lab.root}; clean it with "
+                       f"`ravada-lab down --name {lab.name}`")
+
+
+def write_lab_files(lab: LabLayout, count: int) -> None:
+    lab.root.mkdir(parents=True, mode=0o755)
+    lab.shared_dir.mkdir()
+    subprocess.run(["corosync-keygen", "-k", str(lab.authkey)], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    nodes = lab.nodes(count)
+    lab.hosts_file.write_text(configs.hosts_file(nodes))
+    for node in nodes:
+        write_node_files(lab, node, nodes)
+
+
+def start_controller(lab: LabLayout, count: int) -> None:
+    env = dict(os.environ, PYTHONPATH=str(Path(ocf_ravada.__file__).resolve().parent.parent))
+    log = open(lab.controller_log, "ab")
+    controller = subprocess.Popen(
+        ["unshare", "--net", "--", PYTHON, "-m", "ocf_ravada.lab.controller",
+         "--name", lab.name, "--root", str(lab.root.parent), "--nodes", str(count)],
+        env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+        cwd="/")
+    deadline = time.monotonic() + 15
+    while not is_up(lab):
+        if controller.poll() is not None or time.monotonic() > deadline:
+            tail = lab.controller_log.read_text(errors="replace").strip().splitlines()[-5:]
+            raise LabError("the lab controller did not start: " + " / ".join(tail))
+        time.sleep(0.05)
+
+
+def configure_fencing(state: LabState) -> None:
+    """Production-like: stonith-enabled with a real fence device covering every node."""
+    first = state.node_names[0]
+    hosts = " ".join(state.node_names)
+    node_run(state, first, ["pcs", "stonith", "create", FENCE_DEVICE, "fence_ravada_lab",
+                            f"lab={state.lab.name}", f"pcmk_host_list={hosts}",
+                            "op", "monitor", "interval=60s"])
+    node_run(state, first, ["pcs", "property", "set", "stonith-enabled=true"])
+    node_run(state, first, ["pcs", "resource", "defaults", "update", "resource-stickiness=100"])
+
+
+def up(lab: LabLayout, count: int, progress=print) -> ClusterView:
+    preflight(lab)
+    started = time.monotonic()
+    try:
+        write_lab_files(lab, count)
+        start_controller(lab, count)
+        progress(f"booting {count} nodes ...")
+        request(lab.control_socket, "boot", timeout=BOOT_TIMEOUT)
+        state = LabState.load(lab)
+        progress(f"nodes booted in {time.monotonic() - started:.1f}s; waiting for the cluster ...")
+        wait_until(state, lambda v: v.dc is not None and v.online == set(state.node_names),
+                   "all nodes online with a DC", FORM_TIMEOUT)
+        configure_fencing(state)
+        view = wait_until(state, lambda v: v.roles.get(FENCE_DEVICE) == "Started",
+                          f"fence device {FENCE_DEVICE} started", FORM_TIMEOUT)
+    except BaseException:
+        progress("lab did not come up; tearing it down")
+        down(lab, progress=lambda _msg: None)
+        raise
+    progress(f"lab {lab.name!r} up in {time.monotonic() - started:.1f}s")
+    return view
+
+
+def down(lab: LabLayout, progress=print) -> bool:
+    """Remove everything of the lab; False when there was nothing to remove."""
+    if not lab.root.exists():
+        return False
+    recorded = _recorded(lab)
+    if is_up(lab):
+        try:
+            request(lab.control_socket, "shutdown", timeout=60)
+        except LabError as e:
+            progress(f"controller shutdown failed ({e}); killing recorded processes")
+    _kill_recorded(recorded)
+    mounts = _mounts_under(lab.root)
+    if mounts:
+        raise LabError(f"refusing to delete {lab.root}: still mounted: {', '.join(mounts)}")
+    shutil.rmtree(lab.root)
+    return True
+
+
+def _recorded(lab: LabLayout) -> dict:
+    try:
+        return LabState.load(lab).data
+    except (LabError, ValueError):
+        return {}
+
+
+def _kill_recorded(recorded: dict) -> None:
+    """Kill what the state file records (after a clean shutdown nothing is left to kill)."""
+    namespaces = []
+    pids = []
+    for info in recorded.get("nodes", {}).values():
+        if info.get("netns"):
+            namespaces.append(procs.NamespaceIds(info["netns"], info["pidns"]))
+        pids += [p for p in (info.get("holder"), info.get("launcher")) if p]
+    controller = recorded.get("controller")
+    for pid in pids:
+        if procs.alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    for ns in namespaces:
+        procs.signal_all(procs.members(ns), signal.SIGKILL)
+        left = procs.wait_gone(ns, 15)
+        if left:
+            raise LabError(f"processes {left} of the lab survive SIGKILL")
+    if controller and _wait_dead(controller, 5):
+        os.kill(controller, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while procs.alive(controller) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if procs.alive(controller):
+            os.kill(controller, signal.SIGKILL)
+
+
+def _wait_dead(pid: int, timeout: float) -> bool:
+    """True when `pid` is still alive after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while procs.alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return procs.alive(pid)
+
+
+def _mounts_under(root: Path) -> list[str]:
+    prefix = str(root.resolve()) + "/"
+    targets = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
+    return [t for t in targets if t.startswith(prefix) or t == prefix[:-1]]
+
+
+def warn(message: str) -> None:
+    print(f"ravada-lab: {message}", file=sys.stderr)

@@ -1,0 +1,55 @@
+"""Reading a lab's recorded state (written only by its controller) from the host side."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import dataclass
+
+from . import procs
+from .errors import LabError
+from .layout import LabLayout
+from .node import NODE_ENV, enter_command
+
+
+@dataclass(frozen=True)
+class LabState:
+    lab: LabLayout
+    data: dict
+
+    @classmethod
+    def load(cls, lab: LabLayout) -> "LabState":
+        try:
+            return cls(lab, json.loads(lab.state_file.read_text()))
+        except FileNotFoundError:
+            raise LabError(f"lab {lab.name!r} is not up (no {lab.state_file})") from None
+
+    @property
+    def node_names(self) -> list[str]:
+        return list(self.data["nodes"])
+
+    def holder(self, node: str) -> int:
+        info = self.data["nodes"].get(node)
+        if info is None:
+            raise LabError(f"no node {node!r} in lab {self.lab.name!r}; "
+                           f"nodes: {', '.join(self.node_names)}")
+        holder = info.get("holder")
+        if holder is None or not procs.alive(holder):
+            raise LabError(f"{node} is powered off")
+        return holder
+
+    def powered_nodes(self) -> list[str]:
+        return [n for n, info in self.data["nodes"].items()
+                if info.get("holder") and procs.alive(info["holder"])]
+
+
+def node_run(state: LabState, node: str, argv: list[str], timeout: float = 60.0,
+             check: bool = True) -> subprocess.CompletedProcess:
+    """Run a command inside a node; capture its output as text."""
+    result = subprocess.run(enter_command(state.holder(node)) + argv, env=NODE_ENV,
+                            stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                            timeout=timeout)
+    if check and result.returncode:
+        raise LabError(f"{node}: {' '.join(argv)} failed (rc {result.returncode}): "
+                       f"{(result.stderr or result.stdout).strip()}")
+    return result
