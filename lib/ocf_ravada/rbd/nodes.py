@@ -1,0 +1,133 @@
+"""Which cluster node a Ceph client address belongs to.
+
+Each node publishes the IP(s) its Ceph clients use, as seen by Ceph, in the permanent node
+attribute `ravada-ceph-addrs` (space separated), e.g.
+    crm_attribute -t nodes -N node1 -n ravada-ceph-addrs -v "10.0.0.11"
+Agents read them from the CIB; tools and fence_rbd also accept an explicit map
+"node1:10.0.0.11,10.0.1.11;node2:10.0.0.12".
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+
+from lxml import etree
+
+from .addresses import ClientAddr
+from .cluster import CephSession
+from .errors import BadDiskSpec, RbdError
+
+ATTRIBUTE = "ravada-ceph-addrs"
+
+
+@dataclass
+class NodeMap:
+    ips_by_node: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def node_of(self, addr: ClientAddr | str) -> str | None:
+        ip = addr.ip if isinstance(addr, ClientAddr) else str(ipaddress.ip_address(addr))
+        for node, ips in self.ips_by_node.items():
+            if ip in ips:
+                return node
+        return None
+
+    def ips_of(self, node: str) -> tuple[str, ...]:
+        return self.ips_by_node.get(node, ())
+
+    def describe(self, addr: ClientAddr, own_ips: frozenset[str] = frozenset()) -> str:
+        """'10.0.0.5:0/123 (node2)' or '(this node)' or '(unknown node)' for messages."""
+        if addr.ip in own_ips:
+            where = "this node"
+        else:
+            where = self.node_of(addr) or "unknown node"
+        return f"{addr} ({where})"
+
+    @classmethod
+    def parse(cls, text: str) -> "NodeMap":
+        """'node1:ip[,ip...];node2:ip' (also '=' instead of ':' and spaces as separators)."""
+        result: dict[str, tuple[str, ...]] = {}
+        for item in text.replace("\n", ";").split(";"):
+            item = item.strip()
+            if not item:
+                continue
+            sep = "=" if "=" in item else ":"
+            node, _, ips = item.partition(sep)
+            if not node.strip() or not ips.strip():
+                raise BadDiskSpec(f"node address map entry {item!r} is not NODE:IP[,IP]")
+            result[node.strip()] = _parse_ips(ips.replace(",", " "), item)
+        return cls(result)
+
+    @classmethod
+    def from_cib_xml(cls, xml: bytes | str) -> "NodeMap":
+        """Node attributes from a CIB (or its <nodes>/<status> section): permanent ones from
+        <nodes>, transient ones from <status>; the permanent value wins."""
+        root = etree.fromstring(xml.encode() if isinstance(xml, str) else xml)
+        result: dict[str, tuple[str, ...]] = {}
+        for state in root.iter("node_state"):
+            for nv in state.iterfind(f"transient_attributes/instance_attributes/nvpair[@name='{ATTRIBUTE}']"):
+                result[state.get("uname")] = _parse_ips(nv.get("value", ""), state.get("uname"))
+        for node in root.iter("node"):
+            for nv in node.iterfind(f"instance_attributes/nvpair[@name='{ATTRIBUTE}']"):
+                result[node.get("uname")] = _parse_ips(nv.get("value", ""), node.get("uname"))
+        return cls(result)
+
+    @classmethod
+    def from_cib(cls, timeout: float = 10.0) -> "NodeMap":
+        """Read the live CIB (or the file named by $CIB_file).  An empty map when Pacemaker is
+        absent: addresses are then reported without node names."""
+        if not shutil.which("cibadmin"):
+            return cls()
+        proc = subprocess.run(["cibadmin", "--query"], capture_output=True, timeout=timeout)
+        if proc.returncode != 0:
+            return cls()
+        return cls.from_cib_xml(proc.stdout)
+
+
+def _parse_ips(text: str, where: str) -> tuple[str, ...]:
+    try:
+        return tuple(str(ipaddress.ip_address(ip)) for ip in text.split())
+    except ValueError as exc:
+        raise BadDiskSpec(f"bad IP in node address list for {where}: {exc}") from exc
+
+
+def own_ceph_ips(session: CephSession) -> tuple[str, ...]:
+    """The IP(s) of this node's Ceph clients as the cluster sees them.  Every librados client on
+    the node uses the same source address towards the monitors and OSDs (same routes)."""
+    return (session.own_addr().ip,)
+
+
+def publish_node_addrs(node: str, ips: tuple[str, ...] | list[str], timeout: float = 10.0) -> None:
+    """Store `ips` as the node's permanent `ravada-ceph-addrs` attribute (crm_attribute)."""
+    proc = subprocess.run(["crm_attribute", "-t", "nodes", "-N", node, "-n", ATTRIBUTE,
+                           "-v", " ".join(ips)], capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise RbdError(f"crm_attribute could not set {ATTRIBUTE} on {node}: {proc.stderr.strip()}")
+
+
+def pacemaker_fenced(node: str, timeout: float = 10.0) -> str | None:
+    """When Pacemaker's fencing history holds a successful off/reboot of `node`, a one-line
+    description of it; otherwise None (also when Pacemaker is not running here)."""
+    if not shutil.which("stonith_admin"):
+        return None
+    try:
+        proc = subprocess.run(["stonith_admin", "--history", node, "--output-as=xml"],
+                              capture_output=True, timeout=timeout,
+                              env={**os.environ, "LC_ALL": "C"})
+    except subprocess.TimeoutExpired:
+        return None
+    if proc.returncode != 0 or not proc.stdout.strip():
+        return None
+    return fenced_in_history(proc.stdout, node)
+
+
+def fenced_in_history(xml: bytes | str, node: str) -> str | None:
+    root = etree.fromstring(xml.encode() if isinstance(xml, str) else xml)
+    for event in root.iter("fence_event"):
+        if (event.get("target") == node and event.get("status") == "success"
+                and event.get("action") in ("off", "reboot")):
+            when = event.get("completed") or event.get("completed-time") or "?"
+            return f"{event.get('action')} of {node} by {event.get('delegate', '?')} at {when}"
+    return None
