@@ -11,13 +11,13 @@
 from .addresses import ClientAddr, whole_node_entry
 from .cluster import LONG_BLOCKLIST_SECONDS, BlocklistEntry, CephSession
 from .disks import RbdDisk, disks_from_domain_xml
-from .errors import BadDiskSpec, CephAuthError, CephUnreachable, ImageMissing, MissingCaps, RbdError
+from .errors import BadDiskSpec, CephAuthError, CephConfigMissing, CephUnreachable, ImageMissing, MissingCaps, RbdError
 from .guard import GuardResult, Policy, RbdGuard, RunningCheck
 from .image_state import ImageState, LockHolder, Watcher, read_image_state
 from .nodes import ATTRIBUTE, NodeMap, own_ceph_ips, pacemaker_fenced, publish_node_addrs
 
 __all__ = [
-    "ATTRIBUTE", "BadDiskSpec", "BlocklistEntry", "CephAuthError", "CephSession", "CephUnreachable",
+    "ATTRIBUTE", "BadDiskSpec", "BlocklistEntry", "CephAuthError", "CephConfigMissing", "CephSession", "CephUnreachable",
     "ClientAddr", "GuardResult", "ImageMissing", "ImageState", "LONG_BLOCKLIST_SECONDS", "LockHolder",
     "MissingCaps", "NodeMap", "Policy", "RbdDisk", "RbdError", "RbdGuard", "RunningCheck", "Watcher",
     "disks_from_domain_xml", "own_ceph_ips", "pacemaker_fenced", "publish_node_addrs",

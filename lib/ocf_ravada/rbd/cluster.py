@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 from dataclasses import dataclass
 
 import rados
 
 from .addresses import ClientAddr
-from .errors import CephAuthError, CephUnreachable, ImageMissing, MissingCaps, RbdError
+from .errors import CephAuthError, CephConfigMissing, CephUnreachable, ImageMissing, MissingCaps, RbdError
 
 # A fence must outlive any plausible outage; Ceph has no "forever" (ceph-csi uses the same).
 LONG_BLOCKLIST_SECONDS = 157784760          # ~5 years
@@ -30,6 +31,9 @@ class CephSession:
 
     def __init__(self, conf_path: str, client_id: str = "admin", keyring: str | None = None,
                  timeout: float = 10.0) -> None:
+        for path in (conf_path, keyring):
+            if path and not os.path.isfile(path):
+                raise CephConfigMissing(f"Ceph file {path!r} does not exist (or is not a file)")
         self.timeout = max(1.0, float(timeout))
         seconds = str(int(self.timeout))
         conf = {

@@ -14,6 +14,10 @@ class RbdError(Exception):
         return str(self)
 
 
+class CephConfigMissing(RbdError):
+    """The Ceph configuration or keyring file named by a parameter does not exist."""
+
+
 class CephUnreachable(RbdError):
     """No answer from the cluster within the time allowed (monitors down, network cut)."""
 
