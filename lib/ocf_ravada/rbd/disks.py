@@ -19,6 +19,7 @@ class RbdDisk:
     secret_uuid: str = ""
     secret_usage: str = ""
     snapshot: str = ""
+    config_file: str = ""                    # <config file='...'/>: the ceph.conf QEMU uses
     read_only: bool = False                  # <readonly/>: QEMU opens it read-only (no watch, no lock)
     shareable: bool = False                  # <shareable/>: several writers are intended
 
@@ -62,7 +63,9 @@ def disks_from_domain_xml(xml: str | bytes) -> list[RbdDisk]:
             continue
         name = source.get("name") or ""
         base = RbdDisk.from_spec(name)
-        snapshot = base.snapshot or (source.findtext("snapshot") or "")
+        snap = source.find("snapshot")
+        snapshot = base.snapshot or (snap.get("name", "") if snap is not None else "")
+        config = source.find("config")
         hosts = tuple(f"{h.get('name', '')}:{h.get('port', '6789')}" for h in source.iterfind("host"))
         auth = disk.find("auth")
         if auth is None:                       # libvirt also accepts <auth> inside <source>
@@ -77,6 +80,7 @@ def disks_from_domain_xml(xml: str | bytes) -> list[RbdDisk]:
             secret_uuid=secret.get("uuid", "") if secret is not None else "",
             secret_usage=secret.get("usage", "") if secret is not None else "",
             snapshot=snapshot,
+            config_file=config.get("file", "") if config is not None else "",
             read_only=disk.find("readonly") is not None,
             shareable=disk.find("shareable") is not None,
         ))

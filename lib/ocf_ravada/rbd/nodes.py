@@ -108,19 +108,36 @@ def publish_node_addrs(node: str, ips: tuple[str, ...] | list[str], timeout: flo
 
 
 def pacemaker_fenced(node: str, timeout: float = 10.0) -> str | None:
-    """When Pacemaker's fencing history holds a successful off/reboot of `node`, a one-line
-    description of it; otherwise None (also when Pacemaker is not running here)."""
-    if not shutil.which("stonith_admin"):
+    """When Pacemaker's fencing history holds a successful off/reboot of `node` and the node has
+    not come back since (not online), a one-line description; otherwise None (also when
+    Pacemaker is not running here: nothing is confirmed then)."""
+    history = _pacemaker_xml(["stonith_admin", "--history", node, "--output-as=xml"], timeout)
+    how = fenced_in_history(history, node) if history else None
+    if not how:
+        return None
+    status = _pacemaker_xml(["crm_mon", "--one-shot", "--inactive", "--output-as=xml"], timeout)
+    if not status or node_online(status, node) is not False:
+        return None          # back online (so running new clients) or membership unknown
+    return how
+
+
+def _pacemaker_xml(argv: list[str], timeout: float) -> bytes | None:
+    if not shutil.which(argv[0]):
         return None
     try:
-        proc = subprocess.run(["stonith_admin", "--history", node, "--output-as=xml"],
-                              capture_output=True, timeout=timeout,
-                              env={**os.environ, "LC_ALL": "C"})
+        proc = subprocess.run(argv, capture_output=True, timeout=timeout, env={**os.environ, "LC_ALL": "C"})
     except subprocess.TimeoutExpired:
         return None
-    if proc.returncode != 0 or not proc.stdout.strip():
-        return None
-    return fenced_in_history(proc.stdout, node)
+    return proc.stdout if proc.returncode == 0 and proc.stdout.strip() else None
+
+
+def node_online(crm_mon_xml: bytes | str, node: str) -> bool | None:
+    """The node's online flag in `crm_mon --output-as=xml`, None when the node is not listed."""
+    root = etree.fromstring(crm_mon_xml.encode() if isinstance(crm_mon_xml, str) else crm_mon_xml)
+    for entry in root.iterfind("nodes/node"):
+        if entry.get("name") == node:
+            return entry.get("online") == "true"
+    return None
 
 
 def fenced_in_history(xml: bytes | str, node: str) -> str | None:
