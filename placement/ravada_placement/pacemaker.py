@@ -80,15 +80,18 @@ def resource_locations(status: etree._Element) -> dict[str, str | None]:
 
 
 def apply(old: etree._Element, new: etree._Element) -> None:
-    """One atomic CIB change: a versioned patch of `old` -> `new` (crm_diff).  The CIB applies
-    it only if it is still at `old`'s version, so a concurrent change makes this fail instead
-    of being overwritten."""
+    """One atomic CIB change: the patch `old` -> `new` (crm_diff, like `pcs cluster cib-push
+    --config`).  It holds only our deletions and additions, so changes others made since `old`
+    was read are kept, not overwritten; if they touched the same elements the whole patch is
+    rejected.  Unversioned on purpose: status updates bump the CIB version every few seconds,
+    so a versioned patch would almost always be refused as stale."""
     with tempfile.TemporaryDirectory(prefix="ravada-place-") as tmp:
         old_path, new_path, patch_path = Path(tmp) / "old.xml", Path(tmp) / "new.xml", Path(tmp) / "patch.xml"
         write_cib(old, old_path)
         write_cib(new, new_path)
         # crm_diff exits 1 when the files differ, which is the case we want.
-        patch = run(["crm_diff", "--original", str(old_path), "--new", str(new_path)], ok_codes=(0, 1))
+        patch = run(["crm_diff", "--no-version", "--original", str(old_path), "--new", str(new_path)],
+                    ok_codes=(0, 1))
         if not patch.strip():
             return
         patch_path.write_text(patch)

@@ -72,6 +72,23 @@ nodelist {{
 """
 
 
+INITIAL_CIB = """<cib validate-with="pacemaker-3.0" epoch="1" num_updates="0" admin_epoch="0">
+  <configuration>
+    <crm_config>
+      <cluster_property_set id="cib-bootstrap-options">
+        <nvpair id="opt-dc-deadtime" name="dc-deadtime" value="2s"/>
+        <nvpair id="opt-stonith-enabled" name="stonith-enabled" value="false"/>
+      </cluster_property_set>
+    </crm_config>
+    <nodes/>
+    <resources/>
+    <constraints/>
+  </configuration>
+  <status/>
+</cib>
+"""
+
+
 class MiniCluster:
     def __init__(self, node_count: int = 2, cluster_name: str = "placetest") -> None:
         self.names = [f"pnode{i + 1}" for i in range(node_count)]
@@ -104,7 +121,6 @@ class MiniCluster:
         for name in self.names:
             (self._root(name) / "go").touch()
         self._wait_for(self._all_online, timeout, "all nodes online with a DC")
-        self.run(["crm_attribute", "--type", "crm_config", "--name", "stonith-enabled", "--update", "false"])
 
     def _prepare_root(self, root: Path) -> None:
         hacluster = pwd.getpwnam("hacluster").pw_uid
@@ -117,6 +133,11 @@ class MiniCluster:
             os.chown(root / d, hacluster, haclient)
         nodes = "".join(f"    node {{\n        ring0_addr: {a}\n        name: {n}\n        nodeid: {i + 1}\n    }}\n"
                         for i, (n, a) in enumerate(zip(self.names, self.addrs)))
+        # A first CIB with a short dc-deadtime: the default 20 s wait for a DC dominates start-up.
+        cib_file = root / "var/lib/pacemaker/cib/cib.xml"
+        cib_file.write_text(INITIAL_CIB)
+        os.chown(cib_file, hacluster, haclient)
+        cib_file.chmod(0o600)
         quorum_extra = "    two_node: 1\n" if len(self.names) == 2 else ""
         (root / "etc/corosync/corosync.conf").write_text(
             COROSYNC_CONF.format(cluster=self.cluster_name, nodes=nodes, quorum_extra=quorum_extra))
