@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent.parent / "lib"))
+sys.path.insert(0, str(HERE))          # microceph, qemu_io (lib/ comes from test/conftest.py)
 
 from microceph import MicroCeph  # noqa: E402
 from qemu_io import QemuIO  # noqa: E402

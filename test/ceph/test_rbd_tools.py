@@ -162,3 +162,13 @@ def test_ravada_rbd_whoami_and_publish_to_a_cib(ceph, tmp_path, monkeypatch):
     assert published.returncode == 0, published.stderr
     monkeypatch.setenv("CIB_file", str(cib))
     assert NodeMap.from_cib().ips_of(ROOT_NODE) == (ceph.nodes[ROOT_NODE].ip,)
+
+
+def test_fence_user_caps_from_the_docs_are_enough_for_off_status_on(ceph, unfence_d):
+    """doc/rbd.md tells admins to give fence_rbd's user exactly these caps."""
+    ceph.make_user("fencer", ["mon", 'allow r, allow command "osd blocklist"'])
+    args = ["--ceph-conf", str(ceph.conf), "--ceph-id", "fencer", "--keyring", str(ceph.keyring("fencer")),
+            "--node-addrs", ceph.node_map_text(), "-n", "node-d"]
+    for action, rc in (("off", 0), ("status", 2), ("on", 0), ("status", 0), ("monitor", 0)):
+        proc = tool("fence_rbd", "-o", action, *args)
+        assert proc.returncode == rc, (action, proc.stdout, proc.stderr)

@@ -15,7 +15,7 @@ import pytest
 
 from microceph import NOCAP_USER, POOL, ROOT_NODE
 from ocf_ravada.deadline import Deadline
-from ocf_ravada.rbd import CephSession, ImageMissing, MissingCaps, NodeMap, Policy, RbdDisk, RbdGuard
+from ocf_ravada.rbd import CephSession, CephUnreachable, ImageMissing, MissingCaps, NodeMap, Policy, RbdDisk, RbdGuard
 from ocf_ravada.rbd.fencing import fence_ips, unfence_ips
 
 pytestmark = pytest.mark.ceph
@@ -251,3 +251,12 @@ def test_after_stop_cuts_off_a_leftover_client_of_this_node(ceph, qemu, image, g
 def test_missing_image_is_a_clear_error(ceph, guard_for):
     with pytest.raises(ImageMissing, match="nope"):
         guard_for().before_start([disk(f"{POOL}/nope")], Deadline(5))
+
+
+def test_unreachable_cluster_is_an_error_within_the_timeout(ceph, tmp_path):
+    dead = tmp_path / "dead.conf"
+    dead.write_text("[global]\nmon host = 127.0.0.1:1\n")
+    started = time.monotonic()
+    with pytest.raises(CephUnreachable, match="not reachable"):
+        RbdGuard.open(str(dead), "node", str(ceph.keyring("node")), timeout=2)
+    assert time.monotonic() - started < 30          # bounded, not a hang
