@@ -40,7 +40,9 @@ def update(env: Environment, params, state: StateFile, vcpus: int, max_memory_ki
     recorded = {} if force else dict(state.load().get("utilization") or {})
     changes = {a: v for a, v in target.items() if recorded.get(a) != v}
     rsc = resource_id(env)
-    if not changes or rsc is None:
+    # Pacemaker always passes its feature set; without it (a manual run, ocf-tester) there
+    # is no cluster whose CIB we could or should write.
+    if not changes or rsc is None or not env.get("OCF_RESKEY_crm_feature_set"):
         return
     for attr, value in changes.items():
         try:
