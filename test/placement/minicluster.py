@@ -96,6 +96,7 @@ class MiniCluster:
         self.cluster_name = cluster_name
         self.workdir = Path(tempfile.mkdtemp(prefix="ravada-place-pcmk-"))
         self.holders: list[subprocess.Popen] = []
+        self.namespaces: list[str] = []     # net namespace ids of the holders
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self, timeout: float = 60.0) -> None:
@@ -115,6 +116,7 @@ class MiniCluster:
                 ["unshare", "--mount", "--uts", "--net", "--", "/bin/sh", str(script), str(root), name, addr],
                 stdout=open(root / "init.out", "w"), stderr=subprocess.STDOUT)
             self.holders.append(holder)
+            self.namespaces.append(self._wait_namespace(holder))
         for name in self.names:
             self._wait_for(lambda n=name: (self._root(n) / "ns-ready").exists(), 10, "namespace setup")
         self._link_namespaces()
@@ -170,9 +172,18 @@ class MiniCluster:
         for name in self.names:
             self._signal_pidfile(self._root(name) / "pacemakerd.pid", signal.SIGTERM)
         for name in self.names:
-            self._wait_pidfile_gone(self._root(name) / "pacemakerd.pid", 30)
+            self._wait_pidfile_gone(self._root(name) / "pacemakerd.pid", 20)
         for name in self.names:
             self._signal_pidfile(self._root(name) / "corosync.pid", signal.SIGTERM)
+        for name in self.names:
+            self._wait_pidfile_gone(self._root(name) / "corosync.pid", 10)
+        # Whatever a slow shutdown left behind lives in our namespaces: only we started it.
+        for pid in self._processes_in_our_namespaces():
+            if pid not in {holder.pid for holder in self.holders}:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
         for holder in self.holders:
             try:
                 holder.wait(15)
@@ -205,6 +216,32 @@ class MiniCluster:
                        timeout, "cluster to settle")
 
     # -- helpers ---------------------------------------------------------------------------
+    @staticmethod
+    def _wait_namespace(holder: subprocess.Popen) -> str:
+        """The holder's own net namespace id, once unshare has entered it."""
+        host = os.readlink("/proc/self/ns/net")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                namespace = os.readlink(f"/proc/{holder.pid}/ns/net")
+            except FileNotFoundError:
+                raise RuntimeError("unshare exited before creating its namespaces") from None
+            if namespace != host:
+                return namespace
+            time.sleep(0.01)
+        raise TimeoutError("unshare did not enter a new network namespace")
+
+    def _processes_in_our_namespaces(self) -> list[int]:
+        found = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    if os.readlink(f"/proc/{entry}/ns/net") in self.namespaces:
+                        found.append(int(entry))
+                except OSError:
+                    pass
+        return found
+
     def _root(self, name: str) -> Path:
         return self.workdir / name
 
@@ -228,7 +265,10 @@ class MiniCluster:
             except ProcessLookupError:
                 return
             time.sleep(0.1)
-        os.kill(pid, signal.SIGKILL)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
     def _wait_for(self, predicate, timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
