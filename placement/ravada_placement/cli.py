@@ -43,6 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="vCPU overcommit: a node takes vCPUs up to cpu x R (default 1.0)")
     common.add_argument("--memory-ratio", type=_ratio, default=1.0, metavar="R",
                         help="memory overcommit: up to hv_memory x R (default 1.0)")
+    common.add_argument("--cpu-weight", type=float, default=1.0, metavar="W",
+                        help="balanced/rebalance: weight of cpu spread (default 1.0)")
+    common.add_argument("--memory-weight", type=float, default=1.0, metavar="W",
+                        help="balanced/rebalance: weight of memory spread (default 1.0)")
     common.add_argument("--score", default="1000",
                         help="location score of a placement, or INFINITY for mandatory (default 1000)")
     common.add_argument("--format", choices=("text", "xml", "pcs", "crm", "json"), default="text",
@@ -75,8 +79,9 @@ def make_plan(args: argparse.Namespace, cluster: Cluster) -> Plan:
     if args.command == "rebalance":
         if args.policy != "balanced":
             raise InputError("rebalance lowers imbalance; it works with --policy balanced only")
-        return plan_rebalance(cluster, limits, args.max_moves, args.min_gain, args.same_user)
-    policy = make_policy(args.policy, args.same_user)
+        return plan_rebalance(cluster, limits, args.max_moves, args.min_gain, args.same_user,
+                              (args.cpu_weight, args.memory_weight))
+    policy = make_policy(args.policy, args.same_user, (args.cpu_weight, args.memory_weight))
     if args.command == "drain":
         return plan_drain(cluster, policy, limits, args.node, args.explain)
     return plan_place(cluster, policy, limits, args.vms, args.explain)
@@ -96,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     score = constraints.parse_score(args.score)
+    if args.cpu_weight < 0 or args.memory_weight < 0 or args.cpu_weight + args.memory_weight == 0:
+        raise InputError("--cpu-weight and --memory-weight must be >= 0 and not both 0")
     needs_cib = args.apply or args.simulate or args.write_cib or args.command == "clear"
     if args.json and needs_cib:
         raise InputError("--apply, --simulate, --write-cib and clear need a CIB, not --json")

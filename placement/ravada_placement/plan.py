@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 from .model import VM, Cluster, InputError
 from .policies import Policy
@@ -40,37 +41,59 @@ class Plan:
 
 
 def assign_batch(state: PlacementState, policy: Policy, vms: list[VM], plan: Plan, explain: bool) -> None:
-    """Place every VM of the batch in turn, each one consuming capacity before the next."""
+    """Place every VM of the batch in this order, each one consuming capacity before the next."""
     nodes = list(state.loads)
-    for vm in policy.order(vms, state):
+    eligible_by_need: dict[tuple, list[str]] = {}
+    policy.begin_batch(vms)
+    for vm in vms:
+        need = (vm.base, vm.banned)
+        if need not in eligible_by_need:
+            eligible_by_need[need] = [node for node in nodes if state.eligibility(vm, node) is None]
         best: tuple | None = None
-        verdicts: list[Verdict] = []
-        refusals: list[str] = []
-        for node in nodes:
-            reason = state.eligibility(vm, node) or state.shortage(node, vm.cpu, vm.memory, policy.check_cpu)
-            if reason:
-                refusals.append(f"{node}: {reason}")
-                if explain:
-                    verdicts.append(Verdict(node, reason))
-                continue
-            key = policy.key(state, vm, node) + (node,)
-            if best is None or key < best:
-                best = key
-            if explain:
-                verdicts.append(Verdict(node, None, policy.describe(key[:-1])))
-        if best is None:
-            plan.failures[vm.name] = _why_unplaceable(state, vm, refusals)
-        else:
-            target = best[-1]
-            state.add(vm, target)
-            policy.on_assign(vm, target)
-            plan.moves.append(Move(vm.name, vm.node, target))
+        for node in eligible_by_need[need]:
+            if state.fits(node, vm.cpu, vm.memory, policy.check_cpu):
+                key = policy.key(state, vm, node) + (node,)
+                if best is None or key < best:
+                    best = key
         if explain:
-            chosen = best[-1] if best else None
-            plan.explanations[vm.name] = [Verdict(v.node, v.excluded, v.ranking, v.node == chosen) for v in verdicts]
+            plan.explanations[vm.name] = _verdicts(state, policy, vm, nodes, best[-1] if best else None)
+        if best is None:
+            plan.failures[vm.name] = _why_unplaceable(state, vm, policy)
+        else:
+            state.add(vm, best[-1])
+            policy.on_assign(vm, best[-1])
+            plan.moves.append(Move(vm.name, vm.node, best[-1]))
 
 
-def _why_unplaceable(state: PlacementState, vm: VM, refusals: list[str]) -> str:
+def _refusal(state: PlacementState, policy: Policy, vm: VM, node: str) -> str | None:
+    return state.eligibility(vm, node) or state.shortage(node, vm.cpu, vm.memory, policy.check_cpu)
+
+
+def _verdicts(state: PlacementState, policy: Policy, vm: VM, nodes: list[str], chosen: str | None) -> list[Verdict]:
+    verdicts = []
+    for node in nodes:
+        reason = _refusal(state, policy, vm, node)
+        ranking = "" if reason else policy.describe(policy.key(state, vm, node))
+        verdicts.append(Verdict(node, reason, ranking, node == chosen))
+    return verdicts
+
+
+def best_batch(make_state: Callable[[], PlacementState], policy: Policy, vms: list[VM], kind: str,
+               explain: bool, drained: str | None = None) -> Plan:
+    """Try the policy's batch orders; keep the first plan that places every VM, else the one
+    that places most (ties: the earlier order)."""
+    best: Plan | None = None
+    for order in policy.orders(vms, make_state()):
+        plan = Plan(kind, drained=drained)
+        assign_batch(make_state(), policy, order, plan, explain)
+        if best is None or len(plan.moves) > len(best.moves):
+            best = plan
+        if plan.complete:
+            break
+    return best if best is not None else Plan(kind, drained=drained)
+
+
+def _why_unplaceable(state: PlacementState, vm: VM, policy: Policy) -> str:
     sized = [load.node for load in state.loads.values() if load.node.cpu is not None and load.node.memory is not None]
     if not sized:
         return "no node publishes utilization cpu/hv_memory"
@@ -80,7 +103,7 @@ def _why_unplaceable(state: PlacementState, vm: VM, refusals: list[str]) -> str:
         biggest = max(sized, key=lambda n: (n.memory, n.cpu))
         return (f"larger than any node ({vm.cpu} vCPU / {vm.memory} MiB; biggest node {biggest.name}: "
                 f"{biggest.cpu} CPU / {biggest.memory} MiB)")
-    return "no node fits: " + "; ".join(refusals)
+    return "no node fits: " + "; ".join(f"{node}: {_refusal(state, policy, vm, node)}" for node in state.loads)
 
 
 def plan_place(cluster: Cluster, policy: Policy, limits: Limits, names: list[str] | None = None,
@@ -96,23 +119,23 @@ def plan_place(cluster: Cluster, policy: Policy, limits: Limits, names: list[str
         batch = [cluster.vms[name] for name in dict.fromkeys(names)]
     else:
         batch = [vm for vm in cluster.vms.values() if vm.node is None]
-    plan = Plan("place")
-    assign_batch(PlacementState(cluster, limits), policy, batch, plan, explain)
-    return plan
+    return best_batch(lambda: PlacementState(cluster, limits), policy, batch, "place", explain)
 
 
 def plan_drain(cluster: Cluster, policy: Policy, limits: Limits, node: str, explain: bool = False) -> Plan:
     """Give every VM running on `node` a target elsewhere that fits."""
     if node not in cluster.nodes:
         raise InputError(f"unknown node {node!r} (known: {', '.join(cluster.nodes)})")
-    state = PlacementState(cluster, limits)
     leaving = [vm for vm in cluster.vms.values() if vm.node == node]
-    for vm in leaving:
-        state.remove(vm, node)
-    state.close(node, "being drained")
-    plan = Plan("drain", drained=node)
-    assign_batch(state, policy, leaving, plan, explain)
-    return plan
+
+    def without_node() -> PlacementState:
+        state = PlacementState(cluster, limits)
+        for vm in leaving:
+            state.remove(vm, node)
+        state.close(node, "being drained")
+        return state
+
+    return best_batch(without_node, policy, leaving, "drain", explain, drained=node)
 
 
 def plan_rebalance(cluster: Cluster, limits: Limits, max_moves: int, min_gain: float = 0.01,

@@ -6,6 +6,7 @@ ties always resolve the same way (deterministic plans).  Capacity and base check
 """
 from __future__ import annotations
 
+import math
 from collections import Counter, defaultdict
 
 from .model import VM
@@ -17,9 +18,13 @@ class Policy:
     # Whether vCPUs are a hard limit (Ravada only ever checks memory).
     check_cpu = True
 
-    def order(self, vms: list[VM], state: PlacementState) -> list[VM]:
-        """The order a batch is placed in."""
-        return list(vms)
+    def orders(self, vms: list[VM], state: PlacementState) -> list[list[VM]]:
+        """The orders to try a batch in, best first; the planner keeps the first that places
+        everything, else the one that places most."""
+        return [list(vms)]
+
+    def begin_batch(self, vms: list[VM]) -> None:
+        """Told the batch about to be placed, in order."""
 
     def key(self, state: PlacementState, vm: VM, node: str) -> tuple:
         raise NotImplementedError
@@ -31,12 +36,14 @@ class Policy:
         """Told about each assignment of the batch (for policies that remember groups)."""
 
 
-def largest_first(vms: list[VM], state: PlacementState) -> list[VM]:
-    """First-fit decreasing by dominant share of the cluster: big VMs are placed while big
-    holes still exist, which is what lets a batch fit where a greedy CIB order fails."""
+def largest_first_then_arrival(vms: list[VM], state: PlacementState) -> list[list[VM]]:
+    """First-fit decreasing by dominant share of the cluster (big VMs are placed while big
+    holes still exist, which lets a batch fit where Pacemaker's CIB order strands one); when
+    the batch does not fit anyway, request order may place more VMs, so it is tried second."""
     total_cpu = sum(load.node.cpu or 0 for load in state.loads.values()) or 1
     total_memory = sum(load.node.memory or 0 for load in state.loads.values()) or 1
-    return sorted(vms, key=lambda vm: (-max(vm.cpu / total_cpu, vm.memory / total_memory), vm.name))
+    decreasing = sorted(vms, key=lambda vm: (-max(vm.cpu / total_cpu, vm.memory / total_memory), vm.name))
+    return [decreasing, list(vms)]
 
 
 class RavadaPolicy(Policy):
@@ -67,13 +74,23 @@ class BalancedPolicy(Policy):
         self.cpu_weight = cpu_weight
         self.memory_weight = memory_weight
 
-    def order(self, vms: list[VM], state: PlacementState) -> list[VM]:
-        return largest_first(vms, state)
+    def orders(self, vms: list[VM], state: PlacementState) -> list[list[VM]]:
+        return largest_first_then_arrival(vms, state)
 
     def key(self, state: PlacementState, vm: VM, node: str) -> tuple:
-        cpu_spread, memory_spread = state.spread(*state.spread_sums_after([(node, vm.cpu, vm.memory)]))
-        imbalance = self.cpu_weight * cpu_spread + self.memory_weight * memory_spread
-        cpu_after, memory_after = state.fraction(node, vm.cpu, vm.memory)
+        # The O(1) update of state.spread() for one node, inlined: this runs nodes x VMs times.
+        load = state.loads[node]
+        cpu_cap = load.cpu_capacity(state.limits) or 1.0
+        memory_cap = load.memory_capacity(state.limits) or 1.0
+        cpu_now, memory_now = load.cpu / cpu_cap, load.memory / memory_cap
+        cpu_after, memory_after = (load.cpu + vm.cpu) / cpu_cap, (load.memory + vm.memory) / memory_cap
+        n = len(state.usable) or 1
+        cpu_sum = state.sums[0] + cpu_after - cpu_now
+        memory_sum = state.sums[1] + memory_after - memory_now
+        cpu_squares = state.squares[0] + cpu_after * cpu_after - cpu_now * cpu_now
+        memory_squares = state.squares[1] + memory_after * memory_after - memory_now * memory_now
+        imbalance = (self.cpu_weight * math.sqrt(max(cpu_squares / n - (cpu_sum / n) ** 2, 0.0))
+                     + self.memory_weight * math.sqrt(max(memory_squares / n - (memory_sum / n) ** 2, 0.0)))
         # Rounded so float noise never outranks the tie-breaks.
         return (round(imbalance, 9), state.loads[node].vms, round(max(cpu_after, memory_after), 9))
 
@@ -86,8 +103,8 @@ class PackPolicy(Policy):
     only when none fits, the largest first."""
     name = "pack"
 
-    def order(self, vms: list[VM], state: PlacementState) -> list[VM]:
-        return largest_first(vms, state)
+    def orders(self, vms: list[VM], state: PlacementState) -> list[list[VM]]:
+        return largest_first_then_arrival(vms, state)
 
     def key(self, state: PlacementState, vm: VM, node: str) -> tuple:
         load = state.loads[node]
@@ -113,17 +130,26 @@ class SameUserPolicy(Policy):
         self.check_cpu = inner.check_cpu
         self.pending: dict[str, Counter] = defaultdict(Counter)
 
-    def order(self, vms: list[VM], state: PlacementState) -> list[VM]:
-        inner_order = self.inner.order(vms, state)
-        rank = {vm.name: i for i, vm in enumerate(inner_order)}
+    def orders(self, vms: list[VM], state: PlacementState) -> list[list[VM]]:
+        return [self._grouped(order) for order in self.inner.orders(vms, state)]
+
+    @staticmethod
+    def _grouped(order: list[VM]) -> list[VM]:
+        """A user's VMs made consecutive, where the user's first VM of `order` stood."""
         first_seen: dict[str, int] = {}
-        for vm in inner_order:
+        for rank, vm in enumerate(order):
             if vm.user:
-                first_seen.setdefault(vm.user, rank[vm.name])
+                first_seen.setdefault(vm.user, rank)
+        ranked = sorted(enumerate(order), key=lambda item: (first_seen[item[1].user] if item[1].user else item[0],
+                                                            item[0]))
+        return [vm for _, vm in ranked]
+
+    def begin_batch(self, vms: list[VM]) -> None:
+        self.pending = defaultdict(Counter)
+        for vm in vms:
+            if vm.user:
                 self.pending[vm.user].update(cpu=vm.cpu, memory=vm.memory)
-        # A user's VMs become consecutive, placed where the user's biggest VM would start.
-        return sorted(inner_order, key=lambda vm: (first_seen[vm.user] if vm.user else rank[vm.name],
-                                                  rank[vm.name]))
+        self.inner.begin_batch(vms)
 
     def key(self, state: PlacementState, vm: VM, node: str) -> tuple:
         inner = self.inner.key(state, vm, node)
@@ -150,9 +176,8 @@ class SameUserPolicy(Policy):
 POLICIES = {"ravada": RavadaPolicy, "balanced": BalancedPolicy, "pack": PackPolicy}
 
 
-def make_policy(name: str, same_user: bool = False) -> Policy:
-    try:
-        policy = POLICIES[name]()
-    except KeyError:
-        raise ValueError(f"unknown policy {name!r} (choose from {', '.join(POLICIES)})") from None
+def make_policy(name: str, same_user: bool = False, weights: tuple[float, float] = (1.0, 1.0)) -> Policy:
+    if name not in POLICIES:
+        raise ValueError(f"unknown policy {name!r} (choose from {', '.join(POLICIES)})")
+    policy = BalancedPolicy(*weights) if name == "balanced" else POLICIES[name]()
     return SameUserPolicy(policy) if same_user else policy

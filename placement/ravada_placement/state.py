@@ -49,6 +49,7 @@ class PlacementState:
 
     def _recount(self) -> None:
         self.usable = [node for node in self.loads if self.unusable(node) is None]
+        self.usable_set = set(self.usable)
         fractions = [self.fraction(node) for node in self.usable]
         self.sums = [sum(f[i] for f in fractions) for i in (0, 1)]
         self.squares = [sum(f[i] ** 2 for f in fractions) for i in (0, 1)]
@@ -77,7 +78,7 @@ class PlacementState:
         """The running sums if each (node, cpu, memory) change were made."""
         sums, squares = list(self.sums), list(self.squares)
         for node, cpu, memory in changes:
-            if node in self.closed or self.unusable(node):
+            if node not in self.usable_set:
                 continue
             before = self.fraction(node)
             after = self.fraction(node, cpu, memory)
@@ -114,6 +115,13 @@ class PlacementState:
         if vm.base and vm.base not in self.loads[node].node.bases:
             return f"base {vm.base!r} not present (node attribute ravada-base-{vm.base} not set)"
         return None
+
+    def fits(self, node: str, cpu: int, memory: int, check_cpu: bool = True) -> bool:
+        """The fast form of `shortage(...) is None` (it runs nodes x VMs times)."""
+        load = self.loads[node]
+        if load.memory + memory > (load.node.memory or 0) * self.limits.memory_ratio:
+            return False
+        return not check_cpu or load.cpu + cpu <= (load.node.cpu or 0) * self.limits.cpu_ratio
 
     def shortage(self, node: str, cpu: int, memory: int, check_cpu: bool = True) -> str | None:
         """Why `node` cannot take this much more now, or None if it fits."""
