@@ -172,3 +172,12 @@ def test_fence_user_caps_from_the_docs_are_enough_for_off_status_on(ceph, unfenc
     for action, rc in (("off", 0), ("status", 2), ("on", 0), ("status", 0), ("monitor", 0)):
         proc = tool("fence_rbd", "-o", action, *args)
         assert proc.returncode == rc, (action, proc.stdout, proc.stderr)
+
+
+def test_fence_rbd_takes_ips_as_plug_like_pcmk_host_map_gives_them(ceph, unfence_d):
+    ip = ceph.nodes["node-d"].ip
+    args = ["--ceph-conf", str(ceph.conf), "--keyring", str(ceph.admin_keyring)]
+    stdin = f"action=off\nplug={ip}\nceph_conf={ceph.conf}\nkeyring={ceph.admin_keyring}\n"
+    assert tool("fence_rbd", stdin=stdin).returncode == 0
+    assert tool("fence_rbd", "-o", "status", "-n", ip, *args).returncode == 2
+    assert tool("fence_rbd", "-o", "status", "-n", "node-d", *fence_args(ceph)).returncode == 2

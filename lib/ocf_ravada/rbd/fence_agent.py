@@ -12,6 +12,7 @@ options (`fence_rbd -o off -n node2 --node-addrs 'node2:10.0.0.12'`).  The node'
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import sys
 
 from lxml import etree
@@ -27,7 +28,7 @@ EXIT_OK, EXIT_FAIL, EXIT_OFF = 0, 1, 2
 # name -> (getopt, description, default)
 PARAMETERS = {
     "action": ("-o, --action=[action]", "Fencing action (reboot means off: storage cannot be power-cycled)", "off"),
-    "plug": ("-n, --plug=[node]", "Cluster node to fence", None),
+    "plug": ("-n, --plug=[node]", "Cluster node to fence, or its Ceph IP(s) (e.g. via pcmk_host_map)", None),
     "port": ("--port=[node]", "Cluster node to fence (deprecated: use plug)", None),
     "ceph_conf": ("--ceph-conf=[path]", "Ceph configuration file", "/etc/ceph/ceph.conf"),
     "ceph_id": ("--ceph-id=[id]", "cephx user without 'client.' (needs mon 'profile rbd' for off; "
@@ -109,6 +110,19 @@ def _number(options: dict[str, str], name: str) -> float:
     return value
 
 
+def target_ips(plug: str, node_map: NodeMap) -> tuple[str, ...]:
+    """The node's IPs from the map; a plug that is itself an IP list ('10.0.0.12' or
+    '10.0.0.12,10.0.1.12', as pcmk_host_map="node2:10.0.0.12" yields) is taken as is."""
+    ips = node_map.ips_of(plug)
+    if ips:
+        return ips
+    try:
+        return tuple(str(ipaddress.ip_address(part)) for part in plug.replace("+", ",").split(",") if part)
+    except ValueError:
+        raise RbdError(f"no Ceph client IPs known for node {plug!r}: set node_addrs, the node "
+                       f"attribute ravada-ceph-addrs, or map the node to its IPs with pcmk_host_map") from None
+
+
 def run(options: dict[str, str]) -> int:
     action = options.get("action") or "off"
     if action == "metadata":
@@ -135,10 +149,7 @@ def run(options: dict[str, str]) -> int:
         node = options.get("plug") or options.get("port")
         if not node:
             raise RbdError(f"action {action} needs the node: plug=NODE (or port=NODE)")
-        ips = (node_map or NodeMap.from_cib()).ips_of(node)
-        if not ips:
-            raise RbdError(f"no Ceph client IPs known for node {node!r}: set node_addrs or the node "
-                           f"attribute ravada-ceph-addrs")
+        ips = target_ips(node, node_map or NodeMap.from_cib())
         if action == "status":
             fenced = fenced_ips(session, ips)
             state = "OFF" if len(fenced) == len(ips) else "ON"
