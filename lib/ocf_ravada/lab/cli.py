@@ -31,7 +31,7 @@ NODE_COMMANDS = {
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--name", default=argparse.SUPPRESS,
-                        help=f"lab name (default {DEFAULT_NAME})")
+                        help=f"lab name (default $RAVADA_LAB or {DEFAULT_NAME})")
     common.add_argument("--root", type=Path, default=argparse.SUPPRESS,
                         help=f"where labs keep their state (default {DEFAULT_ROOT})")
     parser = argparse.ArgumentParser(prog="ravada-lab", parents=[common], description=__doc__)
@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--nodes", type=int, default=3, help="number of nodes (default 3)")
     sub.add_parser("down", parents=[common], help="stop and remove everything of the lab")
     sub.add_parser("status", parents=[common], help="nodes, daemons and cluster summary")
-    ex = sub.add_parser("exec", parents=[common], help="run a command inside a node")
+    ex = sub.add_parser("exec", parents=[common], help="run a command inside a node "
+                        "(options of ravada-lab go before NODE)")
     ex.add_argument("node")
     ex.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ...")
     for command, (_op, doc, _done) in NODE_COMMANDS.items():
@@ -51,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        lab = LabLayout.for_lab(getattr(args, "name", DEFAULT_NAME),
+        lab = LabLayout.for_lab(getattr(args, "name", os.environ.get("RAVADA_LAB", DEFAULT_NAME)),
                                 getattr(args, "root", DEFAULT_ROOT))
         return _dispatch(args, lab)
     except LabError as e:
@@ -82,7 +83,7 @@ def _dispatch(args: argparse.Namespace, lab: LabLayout) -> int:
     if args.command == "exec":
         return _exec(lab, args.node, args.argv)
     op, _doc, done = NODE_COMMANDS[args.command]
-    request(lab.control_socket, op, node=args.node)
+    request(lab.control_socket, op, node=args.node, client="ravada-lab")
     print(f"{args.node} {done}")
     return 0
 

@@ -25,12 +25,17 @@ from .node import Node, run
 from .protocol import LAB_OPS, NODE_OPS
 
 
+POWER_LOG_SIZE = 200
+
+
 class Controller:
     def __init__(self, lab: LabLayout, count: int):
         self.lab = lab
         self.nodes = {n.name: Node(lab, n) for n in lab.nodes(count)}
         self.lock = threading.Lock()
         self.stopping = threading.Event()
+        # Who switched which node off/on and when: the evidence that fencing really happened.
+        self.power_log: list[dict] = []
 
     def build_switch(self) -> None:
         run(["ip", "link", "set", "lo", "up"])
@@ -50,6 +55,9 @@ class Controller:
                 self.power_on_all()
             elif op == "shutdown":
                 self.shutdown()
+            else:
+                with self.lock:
+                    self.save()
             return self.state()
         if op not in NODE_OPS:
             raise LabError(f"unknown operation {op!r}")
@@ -60,6 +68,10 @@ class Controller:
                            f"nodes: {', '.join(self.nodes)}")
         with self.lock:
             self._node_op(op, node)
+            if op in ("on", "off", "reboot"):
+                self.power_log.append({"node": node.layout.name, "op": op, "at": time.time(),
+                                       "client": str(request.get("client", "?"))})
+                del self.power_log[:-POWER_LOG_SIZE]
             self.save()
             return node.describe()
 
@@ -85,6 +97,7 @@ class Controller:
             "controller": os.getpid(),
             "switch_netns": procs.NamespaceIds.of(os.getpid()).net,
             "nodes": {name: n.describe() for name, n in self.nodes.items()},
+            "power_log": self.power_log,
         }
 
     def save(self) -> None:

@@ -113,7 +113,7 @@ def run(options: dict[str, str]) -> int:
     node = options.get("plug") or options.get("port")
     if not node:
         raise LabError(f"action {action} needs the node: plug=NODE (or port=NODE)")
-    answer = request(lab.control_socket, action, node=node, timeout=POWER_TIMEOUT)
+    answer = request(lab.control_socket, action, node=node, timeout=POWER_TIMEOUT, client=AGENT)
     if action == "status":
         print(f"Status: {answer['power'].upper()}")
         return EXIT_OK if answer["power"] == "on" else EXIT_OFF

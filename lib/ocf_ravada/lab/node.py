@@ -90,7 +90,6 @@ class Node:
         self.launcher: subprocess.Popen | None = None  # the `unshare` whose child is the holder
         self.holder: int | None = None
         self.namespaces: procs.NamespaceIds | None = None
-        self.daemons: dict[str, int] = {}
         self.frozen = False
         self.cut = False
 
@@ -124,7 +123,6 @@ class Node:
         self._reap()
         self.holder = None
         self.namespaces = None
-        self.daemons = {}
         self.frozen = False
         self.cut = False
 
@@ -188,8 +186,6 @@ class Node:
                 raise LabError(f"{self.layout.name}: libvirtd did not come up "
                                f"(see {self.layout.log_dir / 'libvirtd.log'})")
             time.sleep(0.05)
-        self.daemons = {procs.command_name(c.pid): c.pid
-                        for c in psutil.Process(self.holder).children()}
 
     def _wait_for(self, check: list[str], what: str) -> None:
         assert self.holder is not None
@@ -223,6 +219,13 @@ class Node:
         if not self.powered:
             raise LabError(f"{self.layout.name} is powered off")
 
+    def daemons(self) -> dict[str, int]:
+        """The node's daemons (the holder's children) by command name -> host PID."""
+        if not self.powered:
+            return {}
+        assert self.holder is not None
+        return {procs.command_name(c.pid): c.pid for c in psutil.Process(self.holder).children()}
+
     def describe(self) -> dict:
         return {
             "power": "on" if self.powered else "off",
@@ -230,7 +233,7 @@ class Node:
             "launcher": self.launcher.pid if self.launcher else None,
             "netns": self.namespaces.net if self.namespaces else None,
             "pidns": self.namespaces.pid if self.namespaces else None,
-            "daemons": {n: p for n, p in self.daemons.items() if procs.alive(p)},
+            "daemons": self.daemons(),
             "frozen": self.frozen,
             "cut": self.cut,
             "address": str(self.layout.address),

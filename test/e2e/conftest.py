@@ -1,0 +1,154 @@
+"""One real 3-node lab (corosync + Pacemaker + libvirtd + QEMU per node) for the whole session.
+
+The lab is driven through its command line (`tools/ravada-lab`) the way an admin would, and
+observed from the host: crm_mon XML inside a node, QEMU processes found by namespace membership,
+each node's libvirtd through its private socket.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from ocf_ravada.lab import lifecycle, vms
+from ocf_ravada.lab.cluster import ClusterView, observe, wait_until
+from ocf_ravada.lab.layout import LabLayout
+from ocf_ravada.lab.state import LabState, node_run
+from support.stack import require_stack
+
+TOP = Path(__file__).resolve().parents[2]
+RAVADA_LAB = [str(TOP / "tools" / "ravada-lab")]
+LAB_NAME = "e2e"
+NODES = 3
+SETTLE_TIMEOUT = 90.0
+
+
+def run_cli(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+    result = subprocess.run(RAVADA_LAB + list(args), capture_output=True, text=True,
+                            timeout=timeout)
+    if check and result.returncode:
+        raise AssertionError(f"ravada-lab {' '.join(args)} -> rc {result.returncode}\n"
+                             f"{result.stdout}{result.stderr}")
+    return result
+
+
+def require_lab_stack() -> None:
+    require_stack("the lab", "corosync", "pacemakerd", "libvirtd", "virtlogd", "pcs",
+                  "qemu-system-x86_64", "nsenter", "unshare", "make")
+
+
+def install_tree() -> None:
+    """Pacemaker finds fence agents only in /usr/sbin and OCF agents only under /usr/lib/ocf."""
+    subprocess.run(["make", "-C", str(TOP), "install"], check=True, capture_output=True)
+
+
+@dataclass
+class Lab:
+    layout: LabLayout
+
+    @property
+    def name(self) -> str:
+        return self.layout.name
+
+    def state(self) -> LabState:
+        return LabState.load(self.layout)
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return run_cli(*args, "--name", self.name, check=check)
+
+    def run(self, node: str, *argv: str, check: bool = True) -> subprocess.CompletedProcess:
+        return node_run(self.state(), node, list(argv), check=check)
+
+    def pcs(self, *args: str, node: str | None = None) -> subprocess.CompletedProcess:
+        state = self.state()
+        return node_run(state, node or state.powered_nodes()[0], ["pcs", *args])
+
+    def view(self) -> ClusterView:
+        return observe(self.state())
+
+    def wait(self, predicate, what: str, timeout: float = SETTLE_TIMEOUT) -> ClusterView:
+        return wait_until(self.state(), predicate, what, timeout)
+
+    def create_vm(self, name: str, *extra: str) -> None:
+        vms.create_vm(self.state(), name, extra=extra)
+
+    def wait_started(self, vm: str, not_on: tuple[str, ...] = (),
+                     timeout: float = SETTLE_TIMEOUT) -> str:
+        view = self.wait(lambda v: v.roles.get(vm) == "Started"
+                         and len(v.resources.get(vm, [])) == 1
+                         and v.resources[vm][0] not in not_on,
+                         f"{vm} started (not on {', '.join(not_on) or '-'})", timeout)
+        return view.resources[vm][0]
+
+    def delete_vm(self, name: str) -> None:
+        self.pcs("resource", "delete", name)
+        self.wait(lambda v: name not in v.resources, f"{name} deleted")
+
+    def settle(self) -> None:
+        """Every node online (a fenced node has rebooted and rejoined), no failures left."""
+        self.wait(lambda v: v.online == set(self.state().node_names) and not v.unclean
+                  and v.dc is not None, "all lab nodes online")
+        self.pcs("resource", "cleanup")
+
+    def fence_events(self, node: str) -> list[dict]:
+        from lxml import etree
+        out = self.run(self.state().powered_nodes()[0], "stonith_admin", "--history", node,
+                       "--output-as=xml").stdout
+        return [dict(e.attrib) for e in etree.fromstring(out.encode()).iter("fence_event")]
+
+
+@pytest.fixture(scope="session")
+def lab():
+    require_lab_stack()
+    install_tree()
+    layout = LabLayout.for_lab(LAB_NAME)
+    lifecycle.down(layout, progress=lambda _m: None)  # leftovers of an interrupted run
+    started = time.monotonic()
+    run_cli("up", "--nodes", str(NODES), "--name", LAB_NAME)
+    print(f"\nlab {LAB_NAME!r} up in {time.monotonic() - started:.1f}s")
+    try:
+        yield Lab(layout)
+    finally:
+        run_cli("down", "--name", LAB_NAME, check=False)
+        lifecycle.down(layout, progress=lambda _m: None)
+
+
+@pytest.fixture
+def settled_lab(lab: Lab) -> Lab:
+    lab.settle()
+    return lab
+
+
+class QemuWatch:
+    """Samples, in a thread, on which nodes each guest's QEMU process exists."""
+
+    def __init__(self, lab: Lab, interval: float = 0.02):
+        self.lab = lab
+        self.interval = interval
+        self.samples: list[tuple[float, dict[str, list[str]]]] = []
+        self._stop = False
+
+    def __enter__(self) -> "QemuWatch":
+        import threading
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop = True
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop:
+            try:
+                self.samples.append((time.monotonic(), vms.qemu_nodes(self.lab.state())))
+            except (OSError, ValueError):
+                pass  # state file being replaced: take the next sample
+            time.sleep(self.interval)
+
+    def nodes_of(self, vm: str) -> list[list[str]]:
+        return [sorted(sample.get(vm, [])) for _t, sample in self.samples]
