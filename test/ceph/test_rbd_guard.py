@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -218,8 +219,33 @@ def test_monitor_sees_split_brain_and_lost_watch(ceph, qemu, image, guard_for):
     intruder.quit()
 
     ceph.mon_command(prefix="osd blocklist", blocklistop="add", addr=here.addr, expire=600.0)
-    check = guard.check_running([disk(image)])
+    check = guard.check_running([disk(image)], confirm_seconds=1)
     assert check.lost_watch and not check.ok
+
+
+def test_monitor_ignores_a_short_visit_by_another_client(ceph, qemu, image, guard_for):
+    guard = guard_for()
+    here = qemu(ROOT_NODE, image)
+    assert here.write(0x11).startswith("wrote")
+    visitor = qemu("node-a", image)          # e.g. an admin's 'rbd snap create' from elsewhere
+    leaving = threading.Timer(0.5, visitor.quit)
+    leaving.start()
+    try:
+        check = guard.check_running([disk(image)], confirm_seconds=8)
+    finally:
+        leaving.join()
+    assert check.ok, check.reason
+
+
+def test_watch_only_hosts_do_not_block_but_their_locks_do(ceph, qemu, image, guard_for):
+    mirror_ip = ceph.nodes["node-c"].ip
+    guard = guard_for(watch_only_ips=[mirror_ip])
+    watcher = qemu("node-c", image)          # opens (watches) but does not write: like rbd-mirror
+    assert guard.before_start([disk(image)], Deadline(3)).allowed
+    guard.after_start([disk(image)])
+    assert watcher.write(0xCC).startswith("wrote")     # now it holds the lock: a writer after all
+    result = guard.before_start([disk(image)], Deadline(3))
+    assert not result.allowed and "locked by live" in result.reason and "node-c" in result.reason
 
 
 def test_migration_accepts_the_partner_only(ceph, qemu, image, guard_for):

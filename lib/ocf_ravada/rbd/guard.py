@@ -77,6 +77,7 @@ class RbdGuard:
     def __init__(self, session: CephSession, policy: Policy = Policy.RECOVER,
                  node_map: NodeMap | None = None, local_node: str = "",
                  own_ips: Iterable[str] | None = None,
+                 watch_only_ips: Iterable[str] = (),
                  blocklist_seconds: float = LONG_BLOCKLIST_SECONDS,
                  watch_timeout: float | None = None, wait_margin: float = 5.0,
                  reserve: float = 5.0, poll_interval: float = 0.5,
@@ -89,6 +90,9 @@ class RbdGuard:
         if local_node:
             ips |= set(self.node_map.ips_of(local_node))
         self.own_ips = frozenset(ips)
+        # Hosts whose clients only watch images (rbd-mirror, backup agents): their watches
+        # neither block a start nor count as split brain; a lock they hold still does.
+        self.watch_only_ips = frozenset(watch_only_ips)
         self.blocklist_seconds = blocklist_seconds
         self.watch_timeout = session.watch_timeout() if watch_timeout is None else watch_timeout
         self.wait_margin = wait_margin
@@ -210,7 +214,7 @@ class RbdGuard:
         announced = False
         while True:
             states = [read_image_state(self.session, d) for d in disks]
-            if any(s.foreign_lock for s in states) or not any(s.watchers for s in states):
+            if any(s.foreign_lock for s in states) or not self._blockers(states):
                 return states
             if time.monotonic() + self.poll_interval > limit:
                 return states
@@ -229,9 +233,12 @@ class RbdGuard:
                                 f"{h.entity} cookie {h.cookie!r} at {self._who(h.addr)}); remove it "
                                 f"with 'rbd lock rm' once its owner is known dead")
                 continue
-            foreign = [w for w in s.watchers if w.addr.ip not in allowed_ips]
+            foreign = [w.addr for w in s.watchers if w.addr.ip not in allowed_ips | self.watch_only_ips]
             if foreign:
-                problems.append(f"{s.disk.spec} is open by " + ", ".join(self._who(w.addr) for w in foreign))
+                problems.append(f"{s.disk.spec} is open by " + ", ".join(self._who(a) for a in foreign))
+            owners = [h.addr for h in s.live_holders if h.addr.ip not in allowed_ips and h.addr not in foreign]
+            if owners:
+                problems.append(f"{s.disk.spec} is locked by live " + ", ".join(self._who(a) for a in owners))
         return "; ".join(problems)
 
     def _fence_and_break(self, stale: list[tuple[ImageState, LockHolder]]) -> list[str]:
@@ -273,7 +280,7 @@ class RbdGuard:
         states = [read_image_state(self.session, d) for d in disks]
         problems = [p for p in [self._blockers(states, allowed)] if p]
         problems += [f"{s.disk.spec} locked by {self._who(h.addr)}"
-                     for s in states if not s.foreign_lock for h in s.holders if h.addr.ip not in allowed]
+                     for s in states if not s.foreign_lock for h in s.stale_holders if h.addr.ip not in allowed]
         if not self.node_map.ips_of(partner):
             problems.append(f"no Ceph addresses known for migration partner {partner!r} "
                             f"(node attribute ravada-ceph-addrs)")
@@ -282,16 +289,27 @@ class RbdGuard:
         return GuardResult(True, f"RBD disks used only by this node and {partner}", states=states)
 
     # ---- monitor ----------------------------------------------------------------------------
-    def check_running(self, disks: Iterable[RbdDisk]) -> RunningCheck:
+    def check_running(self, disks: Iterable[RbdDisk], confirm_seconds: float = 3.0) -> RunningCheck:
         """For a VM running on this node: any client of another node on its disks (watcher or
         lock owner) is a split brain; a disk this node no longer watches means our QEMU was
-        cut off (blocklisted).  Read-only, a few milliseconds per disk."""
+        cut off (blocklisted).  A finding counts only when it persists for `confirm_seconds`
+        (an admin's short `rbd snap create` elsewhere, an OSD failover re-registering our
+        watch); a clean result costs a few milliseconds per disk."""
+        guarded = [d for d in disks if d.guarded]
+        if self.policy is Policy.OFF or not guarded:
+            return RunningCheck()
+        end = time.monotonic() + confirm_seconds
+        while True:
+            check = self._running_findings(guarded)
+            if check.ok or time.monotonic() + self.poll_interval > end:
+                return check
+            time.sleep(self.poll_interval)
+
+    def _running_findings(self, disks: list[RbdDisk]) -> RunningCheck:
         check = RunningCheck()
-        if self.policy is Policy.OFF:
-            return check
-        for disk in (d for d in disks if d.guarded):
+        for disk in disks:
             s = read_image_state(self.session, disk)
-            others = [w.addr for w in s.watchers if w.addr.ip not in self.own_ips]
+            others = [w.addr for w in s.watchers if w.addr.ip not in self.own_ips | self.watch_only_ips]
             others += [h.addr for h in s.holders if h.addr.ip not in self.own_ips and h.addr not in others]
             if others:
                 check.split_brain.append(f"{disk.spec} is also used by "
