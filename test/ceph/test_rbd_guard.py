@@ -16,7 +16,9 @@ import pytest
 
 from microceph import NOCAP_USER, POOL, ROOT_NODE
 from ocf_ravada.deadline import Deadline
-from ocf_ravada.rbd import CephSession, CephUnreachable, ImageMissing, MissingCaps, NodeMap, Policy, RbdDisk, RbdGuard
+from ocf_ravada.ocf import Rc
+from ocf_ravada.rbd import CephConfigMissing, CephSession, CephUnreachable, ImageMissing, MissingCaps, NodeMap, Policy, RbdDisk, RbdGuard
+from ocf_ravada.rbd.agent_params import RBD_PARAMETERS, exit_code, open_guard
 from ocf_ravada.rbd.fencing import fence_ips, unfence_ips
 
 pytestmark = pytest.mark.ceph
@@ -286,3 +288,19 @@ def test_unreachable_cluster_is_an_error_within_the_timeout(ceph, tmp_path):
     with pytest.raises(CephUnreachable, match="not reachable"):
         RbdGuard.open(str(dead), "node", str(ceph.keyring("node")), timeout=2)
     assert time.monotonic() - started < 30          # bounded, not a hang
+
+
+def test_agent_parameters_open_a_guard(ceph, qemu, image):
+    defaults = {p.name: p.parse(None) for p in RBD_PARAMETERS}
+    assert defaults["rbd_lock_policy"] == "recover" and defaults["ceph_conf"] == "/etc/ceph/ceph.conf"
+    assert open_guard({**defaults, "rbd_lock_policy": "off"}, ROOT_NODE, Deadline(10)) is None
+    values = {**defaults, "ceph_conf": str(ceph.conf), "ceph_id": "node",
+              "ceph_keyring": str(ceph.keyring("node")), "rbd_watch_only_ips": ceph.nodes["node-c"].ip}
+    with open_guard(values, ROOT_NODE, Deadline(10)) as guard:
+        assert guard.policy is Policy.RECOVER and guard.watch_only_ips == {ceph.nodes["node-c"].ip}
+        qemu("node-c", image)
+        assert guard.before_start([disk(image)], Deadline(3)).allowed
+        guard.after_start([disk(image)])
+    with pytest.raises(CephConfigMissing) as err:
+        open_guard({**values, "ceph_keyring": "/nonexistent/keyring"}, ROOT_NODE, Deadline(10))
+    assert exit_code(err.value) is Rc.ERR_INSTALLED
