@@ -57,17 +57,38 @@ def verify(cib: etree._Element) -> tuple[bool, str]:
 
 
 def simulate(cib: etree._Element, nodes_up: list[str]) -> dict[str, str | None]:
-    """Run Pacemaker's scheduler on this CIB (crm_simulate) and return where each top-level
-    resource ends up.  `nodes_up` are brought online first (a CIB without status section)."""
+    """Run Pacemaker's scheduler on this CIB (crm_simulate --run) and return where each
+    top-level resource ends up: where it runs now, changed by the transition's stops, starts
+    and migrations.  `nodes_up` are brought online first (a CIB without status section).
+    The transition graph is read rather than executed (--simulate is ~50x slower)."""
     with tempfile.TemporaryDirectory(prefix="ravada-place-") as tmp:
-        source, result = Path(tmp) / "in.xml", Path(tmp) / "out.xml"
+        source, graph_path = Path(tmp) / "in.xml", Path(tmp) / "graph.xml"
         write_cib(cib, source)
-        argv = ["crm_simulate", "--xml-file", str(source), "--simulate", "--save-output", str(result)]
+        argv = ["crm_simulate", "--xml-file", str(source), "--run", "--save-graph", str(graph_path)]
         for node in nodes_up:
             argv += ["--node-up", node]
         run(argv)
-        out = run(["crm_mon", "--output-as=xml", "--one-shot", "--inactive"], env={"CIB_file": str(result)})
-    return resource_locations(etree.fromstring(out.encode()))
+        graph = etree.parse(str(graph_path)).getroot()
+    current = resource_locations(status_of(cib)) if cib.find("status/node_state") is not None else {}
+    return placements_after(graph, current)
+
+
+def placements_after(graph: etree._Element, current: dict[str, str | None]) -> dict[str, str | None]:
+    where = dict(current)
+    stopped, started = set(), {}
+    for op in graph.iter("rsc_op"):
+        primitive = op.find("primitive")
+        if primitive is None:
+            continue
+        rsc = primitive.get("id")
+        if op.get("operation") in ("start", "migrate_from"):
+            started[rsc] = op.get("on_node")
+        elif op.get("operation") == "stop":
+            stopped.add(rsc)
+    for rsc in stopped:
+        where[rsc] = None
+    where.update(started)
+    return where
 
 
 def resource_locations(status: etree._Element) -> dict[str, str | None]:

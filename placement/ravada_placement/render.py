@@ -44,7 +44,7 @@ def xml(new: list[Location]) -> str:
 
 def pcs(new: list[Location], removed: list[str]) -> str:
     lines = [f"pcs constraint delete {shlex.quote(cid)}" for cid in removed]
-    lines += [f"pcs constraint location add {shlex.quote(loc.id)} {shlex.quote(loc.rsc)} "
+    lines += [f"pcs constraint location add -- {shlex.quote(loc.id)} {shlex.quote(loc.rsc)} "
               f"{shlex.quote(loc.node)} {loc.score}" for loc in new]
     return "\n".join(lines)
 

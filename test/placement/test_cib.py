@@ -7,11 +7,15 @@ import subprocess
 import pytest
 from lxml import etree
 
-from conftest import run_tool
+from placement_helpers import require_pacemaker_tools, run_tool
 from ravada_placement import cibgen
 from ravada_placement.model import VM, Cluster, Node
 
-pytestmark = pytest.mark.usefixtures("pacemaker_tools")
+
+
+@pytest.fixture(autouse=True)
+def _pacemaker_tools() -> None:
+    require_pacemaker_tools()
 
 
 def save(cib: etree._Element, path) -> str:

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from conftest import run_tool, write_json
+from placement_helpers import run_tool, write_json
 
 NODES = [{"name": "n1", "cpu": 8, "hv_memory": 16384, "bases": ["w10"]},
          {"name": "n2", "cpu": 16, "hv_memory": 32768, "bases": ["w10", "deb"]}]
@@ -18,8 +18,8 @@ def test_place_prints_a_plan_and_pcs_and_crm_commands(tmp_path):
     path = write_json(tmp_path, NODES, VMS)
     assert run_tool("place", "--json", path, check=True).stdout.splitlines() == ["b1: n2", "a1: n1"]
     pcs = run_tool("place", "--json", path, "--format", "pcs", check=True).stdout.splitlines()
-    assert pcs == ["pcs constraint location add ravada-place-b1 b1 n2 1000",
-                   "pcs constraint location add ravada-place-a1 a1 n1 1000"]
+    assert pcs == ["pcs constraint location add -- ravada-place-b1 b1 n2 1000",
+                   "pcs constraint location add -- ravada-place-a1 a1 n1 1000"]
     crm = run_tool("place", "--json", path, "--format", "crm", "--score", "INFINITY", check=True).stdout
     assert "crm configure location ravada-place-b1 b1 INFINITY: n2" in crm
 

@@ -8,7 +8,7 @@ import shutil
 import pytest
 from lxml import etree
 
-from conftest import TOOL, require_tools
+from placement_helpers import TOOL, require_tools
 from minicluster import MiniCluster
 
 pytestmark = pytest.mark.slow

@@ -5,6 +5,8 @@ import statistics
 
 import pytest
 
+import placement_helpers  # noqa: F401  (puts placement/ on sys.path)
+
 from ravada_placement.model import VM, Cluster, InputError, Node
 from ravada_placement.plan import plan_drain, plan_place, plan_rebalance
 from ravada_placement.policies import make_policy

@@ -1,4 +1,4 @@
-"""Shared helpers for the placement tests."""
+"""Shared helpers for the placement tests (a plain module: test/conftest.py is the lead's)."""
 from __future__ import annotations
 
 import json
@@ -39,6 +39,5 @@ def write_json(tmp_path: Path, nodes: list[dict], vms: list[dict]) -> str:
     return str(path)
 
 
-@pytest.fixture
-def pacemaker_tools() -> None:
+def require_pacemaker_tools() -> None:
     require_tools("crm_simulate", "crm_verify", "crm_mon", "crm_diff", "cibadmin")
