@@ -63,6 +63,25 @@ def domain_xml(name: str, memory_mib: int = 64, vcpus: int = 1, extra_devices: s
     return etree.tostring(root, pretty_print=True).decode()
 
 
+# A boot sector that rewrites 512 KiB of guest RAM (0x10000-0x8FFFF) forever with non-zero
+# words: a guest whose dirty rate keeps a slow live migration from ever converging.
+#   cli; L0: mov ax,0x1000; L1: mov es,ax; xor di,di; mov cx,0x8000; rep stosw
+#   add ax,0x1000; cmp ax,0x9000; jb L1; jmp L0
+MEMORY_DIRTIER = bytes.fromhex("fa b8 00 10 8e c0 31 ff b9 00 80 f3 ab 05 00 10 3d 00 90 72 ef eb ea")
+
+
+def write_memory_dirtier(path: str) -> str:
+    with open(path, "wb") as disk:
+        disk.write(MEMORY_DIRTIER.ljust(510, b"\0") + b"\x55\xaa")
+        disk.truncate(1024 * 1024)  # firmware ignores disks smaller than a few sectors
+    return path
+
+
+def dirtier_disk_xml(path: str) -> str:
+    return (f"<disk type='file' device='disk'><driver name='qemu' type='raw'/>"
+            f"<source file='{path}'/><target dev='hda' bus='ide'/></disk>")
+
+
 class LibvirtNode:
     def __init__(self, workdir: str, name: str, network: bool = False, listen_tcp: bool = False) -> None:
         self.name = name
@@ -179,7 +198,12 @@ class LibvirtNode:
                         pid = int(handle.read().strip())
                 except (OSError, ValueError):
                     continue
-                if os.path.exists(f"/proc/{pid}"):
+                try:
+                    with open(f"/proc/{pid}/comm") as handle:
+                        is_qemu = handle.read().startswith("qemu")
+                except OSError:
+                    continue
+                if is_qemu:  # the directory also holds the driver's own lock pid file
                     pids.append(pid)
         return pids
 
