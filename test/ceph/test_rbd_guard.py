@@ -17,7 +17,8 @@ import pytest
 from microceph import NOCAP_USER, POOL, ROOT_NODE
 from ocf_ravada.deadline import Deadline
 from ocf_ravada.ocf import Rc
-from ocf_ravada.rbd import CephConfigMissing, CephSession, CephUnreachable, ImageMissing, MissingCaps, NodeMap, Policy, RbdDisk, RbdGuard
+from ocf_ravada.rbd import (CephConfigMissing, CephSession, CephUnreachable, ImageMissing, MissingCaps,
+                            NodeMap, Policy, RbdDisk, RbdGuard)
 from ocf_ravada.rbd.agent_params import RBD_PARAMETERS, exit_code, open_guard
 from ocf_ravada.rbd.fencing import fence_ips, unfence_ips
 
