@@ -102,9 +102,14 @@ class Lab:
 
 
 @pytest.fixture(scope="session")
-def lab():
+def installed() -> None:
+    """The stack is there and the tree's agents and tools are where Pacemaker looks."""
     require_lab_stack()
     install_tree()
+
+
+@pytest.fixture(scope="session")
+def lab(installed):
     layout = LabLayout.for_lab(LAB_NAME)
     lifecycle.down(layout, progress=lambda _m: None)  # leftovers of an interrupted run
     started = time.monotonic()

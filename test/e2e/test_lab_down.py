@@ -1,0 +1,102 @@
+"""`ravada-lab down` (and an interrupted `up`) leave no process, namespace, link or mount."""
+
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from ocf_ravada.lab import procs
+from ocf_ravada.lab.layout import LabLayout
+from ocf_ravada.lab.state import LabState
+
+from conftest import RAVADA_LAB, run_cli
+
+pytestmark = pytest.mark.lab
+
+
+def host_links() -> set[str]:
+    out = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, check=True)
+    return {line.split(":")[1].strip() for line in out.stdout.splitlines()}
+
+
+def host_netns() -> str:
+    return subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+
+
+def mounts_under(root: Path) -> list[str]:
+    lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    return [line.split()[4] for line in lines if line.split()[4].startswith(str(root))]
+
+
+def processes_mentioning(root: Path) -> list[int]:
+    """Live processes whose command line names the lab directory (holders, controller)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and procs.alive(int(entry.name)):
+            try:
+                if str(root).encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+@pytest.fixture
+def clean_host(installed):
+    """The host's links and network namespaces before; asserted unchanged after."""
+    before = (host_links(), host_netns())
+    yield
+    assert (host_links(), host_netns()) == before
+
+
+def test_down_leaves_nothing_behind(clean_host):
+    name = "e2e-down"
+    layout = LabLayout.for_lab(name)
+    run_cli("down", "--name", name, check=False)
+    run_cli("up", "--nodes", "2", "--name", name)
+    try:
+        again = run_cli("up", "--nodes", "2", "--name", name, check=False)
+        assert again.returncode == 1 and "already up" in again.stderr
+        assert "Traceback" not in again.stderr
+        recorded = LabState.load(layout).data
+    finally:
+        down = run_cli("down", "--name", name, check=False)
+    assert down.returncode == 0, down.stderr
+    pids = [recorded["controller"]]
+    for info in recorded["nodes"].values():
+        pids += [info["holder"], info["launcher"], *info["daemons"].values()]
+        ns = procs.NamespaceIds(info["netns"], info["pidns"])
+        assert procs.members(ns) == [], f"processes left in the namespaces of a node: {info}"
+    assert [p for p in pids if procs.alive(p)] == []
+    assert not layout.root.exists()
+    assert mounts_under(layout.root) == []
+    assert processes_mentioning(layout.root) == []
+    nothing = run_cli("down", "--name", name, check=False)
+    assert nothing.returncode == 0 and "not up" in nothing.stderr
+    status = run_cli("status", "--name", name, check=False)
+    assert status.returncode == 3 and "not up" in status.stderr
+
+
+def test_interrupted_up_cleans_up(clean_host):
+    name = "e2e-int"
+    layout = LabLayout.for_lab(name)
+    up = subprocess.Popen(RAVADA_LAB + ["up", "--nodes", "2", "--name", name],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # Interrupt once the nodes run, while the cluster forms: the worst moment to leave.
+        deadline = time.monotonic() + 60
+        while not (layout.state_file.exists() and LabState.load(layout).powered_nodes()):
+            assert up.poll() is None and time.monotonic() < deadline, "up never booted nodes"
+            time.sleep(0.05)
+        up.send_signal(signal.SIGINT)
+        _out, err = up.communicate(timeout=120)
+    finally:
+        if up.poll() is None:
+            up.kill()
+        run_cli("down", "--name", name, check=False)
+    assert up.returncode == 130, err
+    assert "Traceback" not in err
+    assert not layout.root.exists()
+    assert processes_mentioning(layout.root) == []
