@@ -266,14 +266,22 @@ keyring = {d}/keyring
         return ";".join(f"{n.name}:{n.ip}" for n in self.nodes.values())
 
     def image_state(self, name: str) -> dict:
-        with self.admin.open_ioctx(POOL) as io, rbd.Image(io, name, read_only=True) as img:
-            lockers = img.list_lockers() or {}
-            return {"watchers": [w["addr"] for w in img.watchers_list()],
-                    "lockers": [tuple(x) for x in lockers.get("lockers", [])]}
+        """Watchers and lockers of image `name` ('image' or 'namespace/image') in the pool."""
+        namespace, _, image = name.rpartition("/")
+        with self.admin.open_ioctx(POOL) as io:
+            io.set_namespace(namespace)
+            with rbd.Image(io, image, read_only=True) as img:
+                return _state_of(img)
 
     def read(self, name: str, offset: int, length: int) -> bytes:
         with self.admin.open_ioctx(POOL) as io, rbd.Image(io, name, read_only=True) as img:
             return img.read(offset, length)
+
+
+def _state_of(img: rbd.Image) -> dict:
+    lockers = img.list_lockers() or {}
+    return {"watchers": [w["addr"] for w in img.watchers_list()],
+            "lockers": [tuple(x) for x in lockers.get("lockers", [])]}
 
 
 def _kill_and_reap(pid: int) -> None:

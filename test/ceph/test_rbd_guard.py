@@ -13,8 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
+import rbd
 
-from microceph import NOCAP_USER, POOL, ROOT_NODE
+from microceph import IMAGE_FEATURES, NOCAP_USER, POOL, ROOT_NODE
 from ocf_ravada.deadline import Deadline
 from ocf_ravada.ocf import Rc
 from ocf_ravada.rbd import (CephConfigMissing, CephSession, CephUnreachable, ImageMissing, MissingCaps,
@@ -305,3 +306,19 @@ def test_agent_parameters_open_a_guard(ceph, qemu, image):
     with pytest.raises(CephConfigMissing) as err:
         open_guard({**values, "ceph_keyring": "/nonexistent/keyring"}, ROOT_NODE, Deadline(10))
     assert exit_code(err.value) is Rc.ERR_INSTALLED
+
+
+def test_images_in_a_namespace_are_guarded(ceph, qemu, guard_for):
+    with ceph.admin.open_ioctx(POOL) as io:
+        rbd.RBD().namespace_create(io, "tenant1")
+        io.set_namespace("tenant1")
+        rbd.RBD().create(io, "ns-disk", 64 << 20, old_format=False, features=IMAGE_FEATURES)
+    spec = f"{POOL}/tenant1/ns-disk"
+    vm_a = qemu("node-a", spec)
+    assert vm_a.write(0xAA).startswith("wrote")
+    result = guard_for().before_start([disk(spec)], Deadline(2))
+    assert not result.allowed and spec in result.reason and "node-a" in result.reason
+    vm_a.kill()
+    ceph.mon_command(prefix="osd blocklist", blocklistop="add", addr=vm_a.addr, expire=600.0)
+    assert guard_for().before_start([disk(spec)], Deadline(10)).allowed
+    assert ceph.image_state("tenant1/ns-disk") == {"watchers": [], "lockers": []}
