@@ -148,6 +148,9 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps({"allowed": result.allowed, "reason": result.reason, "actions": result.actions}))
         else:
             print(result.reason)
+        if not result.allowed and state.watchers and not args.force_after_fence:
+            print(f"{PROG}: a watcher means a live client; if its node is dead, fence it first "
+                  f"(fence_rbd or power fencing), then use --force-after-fence", file=sys.stderr)
         return 0 if result.allowed else 1
 
 
