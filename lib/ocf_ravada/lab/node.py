@@ -115,8 +115,13 @@ class Node:
         if self.holder is not None:
             procs.signal_all([self.holder], signal.SIGKILL)
         if self.namespaces is not None:
-            # Anything that joined only the node's network namespace dies too.
-            procs.signal_all(procs.members(self.namespaces), signal.SIGKILL)
+            # Anything that joined only the node's network namespace dies too — except the
+            # launching `unshare` (it made the netns, so it is in it): it must live to reap the
+            # holder, or the holder would become an orphan zombie.
+            launcher = {self.launcher.pid} if self.launcher else set()
+            procs.signal_all([p for p in procs.members(self.namespaces) if p not in launcher],
+                             signal.SIGKILL)
+            self._reap()
             left = procs.wait_gone(self.namespaces, OFF_TIMEOUT)
             if left:
                 raise LabError(f"{self.layout.name}: processes {left} survived the power cut")
