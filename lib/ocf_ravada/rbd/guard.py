@@ -80,6 +80,7 @@ class RbdGuard:
                  watch_only_ips: Iterable[str] = (),
                  blocklist_seconds: float = LONG_BLOCKLIST_SECONDS,
                  watch_timeout: float | None = None, wait_margin: float = 5.0,
+                 stale_confirm: float = 3.0,
                  reserve: float = 5.0, poll_interval: float = 0.5,
                  log: Callable[[str], None] | None = None) -> None:
         self.session = session
@@ -96,6 +97,7 @@ class RbdGuard:
         self.blocklist_seconds = blocklist_seconds
         self.watch_timeout = session.watch_timeout() if watch_timeout is None else watch_timeout
         self.wait_margin = wait_margin
+        self.stale_confirm = stale_confirm
         self.reserve = reserve
         self.poll_interval = poll_interval
         self.log = log or (lambda msg: None)
@@ -197,6 +199,14 @@ class RbdGuard:
             # (needs mon 'profile rbd').
             return GuardResult(True, "stale RBD lock(s) left for QEMU's librbd: " + ", ".join(
                 f"{s.disk.spec} by {self._who(h.addr)}" for s, h in stale), states=states)
+        states, confirmed = self._confirm_stale(disks, states, stale, deadline)
+        if confirmed is None:
+            return GuardResult(False, "refusing to start: " + (self._blockers(states) or
+                               "stale RBD lock could not be confirmed (no time left, or the lock "
+                               "changed hands meanwhile)"), states=states)
+        if not confirmed:
+            return GuardResult(True, "RBD disks free (the stale lock went away)", states=states)
+        stale = confirmed
         actions = self._fence_and_break(stale)
         states = [read_image_state(self.session, d) for d in disks]
         leftover = self._blockers(states) or "; ".join(
@@ -205,6 +215,29 @@ class RbdGuard:
             return GuardResult(False, "refusing to start: disks changed during recovery: " + leftover,
                                actions, states)
         return GuardResult(True, "recovered stale RBD lock(s): " + "; ".join(actions), actions, states)
+
+    def _confirm_stale(self, disks: list[RbdDisk], states: list[ImageState],
+                       stale: list[tuple[ImageState, LockHolder]], deadline: DeadlineLike,
+                       ) -> tuple[list[ImageState], list[tuple[ImageState, LockHolder]] | None]:
+        """A live librbd client re-registers its watch after an OSD failover; in that gap its
+        lock looks stale.  Owners already on the blocklist (fenced) are stale for sure; for the
+        others the lock must still be unwatched `stale_confirm` seconds later.  Returns fresh
+        states and the confirmed stale owners: [] when the disks became free meanwhile, None
+        when the caller must refuse (in use again, a new owner, or no time to confirm)."""
+        listed = self.session.blocklist_ls()
+        if all(self.session.is_blocklisted(str(h.addr), listed) for _, h in stale):
+            return states, stale
+        if deadline.remaining() - self.reserve < self.stale_confirm:
+            return states, None
+        time.sleep(self.stale_confirm)
+        fresh = [read_image_state(self.session, d) for d in disks]
+        if self._blockers(fresh):
+            return fresh, None
+        before = {(s.disk.spec, h) for s, h in stale}
+        confirmed = [(s, h) for s in fresh for h in s.stale_holders if (s.disk.spec, h) in before]
+        if len(confirmed) != sum(len(s.holders) for s in fresh):
+            return fresh, None        # a new owner appeared meanwhile
+        return fresh, confirmed
 
     def _wait_until_unwatched(self, disks: list[RbdDisk], deadline: DeadlineLike) -> list[ImageState]:
         """Poll until no disk is watched, for at most the watch timeout + margin and never past
