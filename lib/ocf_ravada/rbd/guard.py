@@ -74,7 +74,17 @@ class RunningCheck:
 
 
 class RbdGuard:
-    def __init__(self, session: CephSession, policy: Policy = Policy.RECOVER,
+    """Storage checks for one agent operation, on one Ceph session.
+
+    node_map/local_node: who is who (node attribute ravada-ceph-addrs); own_ips: extra IPs of
+    this node; watch_only_ips: see below; blocklist_seconds: lifetime of our fences;
+    watch_timeout: the cluster's osd_client_watch_timeout (default: from our Ceph config);
+    wait_margin: added to it when waiting for a watch to go away; stale_confirm: how long an
+    unfenced stale lock must stay unwatched; reserve: time kept back from every deadline for
+    the operation itself (the domain start); log: receives one line per notable step.
+    """
+
+    def __init__(self, session: CephSession, policy: Policy | str = Policy.RECOVER,
                  node_map: NodeMap | None = None, local_node: str = "",
                  own_ips: Iterable[str] | None = None,
                  watch_only_ips: Iterable[str] = (),
@@ -84,7 +94,7 @@ class RbdGuard:
                  reserve: float = 5.0, poll_interval: float = 0.5,
                  log: Callable[[str], None] | None = None) -> None:
         self.session = session
-        self.policy = policy
+        self.policy = policy if isinstance(policy, Policy) else Policy.parse(policy)
         self.node_map = node_map or NodeMap()
         self.local_node = local_node
         ips = set(own_ips or ()) | set(own_ceph_ips(session))
@@ -106,8 +116,14 @@ class RbdGuard:
     @classmethod
     def open(cls, ceph_conf: str, ceph_id: str = "admin", keyring: str | None = None, *,
              timeout: float = 10.0, **kwargs) -> "RbdGuard":
-        """Connect (bounded by `timeout`) and build a guard; raises CephUnreachable/CephAuthError."""
-        return cls(CephSession(ceph_conf, ceph_id, keyring, timeout=timeout), **kwargs)
+        """Connect (bounded by `timeout`) and build a guard; raises CephConfigMissing,
+        CephUnreachable or CephAuthError."""
+        session = CephSession(ceph_conf, ceph_id, keyring, timeout=timeout)
+        try:
+            return cls(session, **kwargs)
+        except BaseException:
+            session.close()
+            raise
 
     def close(self) -> None:
         self.session.close()
