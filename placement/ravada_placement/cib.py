@@ -68,6 +68,7 @@ def cluster_from_cib(cib: etree._Element, status: etree._Element | None) -> Clus
     node_status = {n.get("name"): n for n in status.iterfind("nodes/node")} if status is not None else {}
     running = pacemaker.resource_locations(status) if status is not None else {}
     states = {state.get("uname"): state for state in cib.iterfind("status/node_state")}
+    drained = _drained_nodes(cib)
     cluster = Cluster()
     for node_el in cib.iterfind("configuration/nodes/node"):
         name = node_el.get("uname") or node_el.get("id")
@@ -84,8 +85,10 @@ def cluster_from_cib(cib: etree._Element, status: etree._Element | None) -> Clus
             memory=(require_int(utilization["hv_memory"], f"node {name} utilization hv_memory")
                     if "hv_memory" in utilization else None),
             bases=bases,
-            unavailable=_unavailable(node_status.get(name)) if status is not None else None)
-    bans = _admin_bans(cib)
+            unavailable=(_unavailable(node_status.get(name)) if status is not None else None)
+            or ("drained by ravada-place (run 'ravada-place clear' when it may take VMs again)"
+                if name in drained else None))
+    bans = _bans(cib)
     for primitive in cib.iterfind("configuration/resources/primitive"):
         vm = _vm_from_primitive(primitive, running, bans)
         if vm is not None:
@@ -106,11 +109,19 @@ def _unavailable(node: etree._Element | None) -> str | None:
     return None
 
 
-def _admin_bans(cib: etree._Element) -> dict[str, set[str]]:
-    """-INFINITY node locations that are not ours: the planner must respect them."""
+def _drained_nodes(cib: etree._Element) -> set[str]:
+    """Nodes a `ravada-place drain` emptied: its bans are named ravada-place-<vm>-avoid-<node>."""
+    return {loc.get("node") for loc in cib.iterfind("configuration/constraints/rsc_location")
+            if loc.get("id", "").startswith(CONSTRAINT_PREFIX) and "-avoid-" in loc.get("id", "")
+            and loc.get("score", "").strip().lower() in ("-infinity", "-inf") and loc.get("node")}
+
+
+def _bans(cib: etree._Element) -> dict[str, set[str]]:
+    """-INFINITY node locations (an admin's, crm_resource --ban's, or our drain's): the
+    planner never puts the VM there."""
     bans: dict[str, set[str]] = {}
     for loc in cib.iterfind("configuration/constraints/rsc_location"):
-        if loc.get("id", "").startswith(CONSTRAINT_PREFIX) or not loc.get("rsc") or not loc.get("node"):
+        if not loc.get("rsc") or not loc.get("node"):
             continue
         if loc.get("score", "").strip().lower() in ("-infinity", "-inf"):
             bans.setdefault(loc.get("rsc"), set()).add(loc.get("node"))

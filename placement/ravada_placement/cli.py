@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from . import cib as cibmod
+from . import cibgen
 from . import constraints, render
 from .jsonin import load_json
 from .model import Cluster, InputError
@@ -103,13 +104,15 @@ def _run(args: argparse.Namespace) -> int:
     score = constraints.parse_score(args.score)
     if args.cpu_weight < 0 or args.memory_weight < 0 or args.cpu_weight + args.memory_weight == 0:
         raise InputError("--cpu-weight and --memory-weight must be >= 0 and not both 0")
-    needs_cib = args.apply or args.simulate or args.write_cib or args.command == "clear"
-    if args.json and needs_cib:
-        raise InputError("--apply, --simulate, --write-cib and clear need a CIB, not --json")
+    if args.json and (args.apply or args.command == "clear"):
+        raise InputError("--apply and clear need a cluster, not --json")
     if args.apply and args.cib:
         raise InputError("--apply works on the live cluster; it cannot be combined with --cib")
     if args.json:
-        cib, cluster, with_status = None, load_json(args.json), True
+        cluster = load_json(args.json)
+        # Simulating a JSON plan needs a CIB: Dummy resources with the same utilization.
+        cib = cibgen.live_like_cib(cluster) if args.simulate or args.write_cib else None
+        with_status = True
     else:
         cib, cluster, with_status = cibmod.read_cluster(args.cib)
 
@@ -123,7 +126,9 @@ def _run(args: argparse.Namespace) -> int:
         new = constraints.locations(plan, score)
         replace_for = {move.vm for move in plan.moves}
 
-    removed = [el.get("id") for el in constraints.ours_for(cib, replace_for)] if cib is not None else []
+    keep_bans = args.command != "clear"
+    removed = ([el.get("id") for el in constraints.replaced(cib, new, replace_for, keep_bans)]
+               if cib is not None else [])
     if args.explain and plan.explanations:
         print(render.explain(plan))
     print({"text": lambda: render.text(plan) if plan.kind != "clear" else "\n".join(f"remove {r}" for r in removed),
@@ -137,7 +142,7 @@ def _run(args: argparse.Namespace) -> int:
     if cib is None:
         return 0
 
-    new_cib = constraints.with_locations(cib, new, replace_for)
+    new_cib = constraints.with_locations(cib, new, replace_for, keep_bans)
     if args.write_cib:
         write_cib(new_cib, Path(args.write_cib))
     if args.simulate:

@@ -1,8 +1,8 @@
 """Turn a plan into `rsc_location` constraints and put them into a copy of the CIB.
 
 Every constraint this tool writes has an id starting with `ravada-place-`; before writing the
-constraints of a VM, only those of ours that name the same VM are removed.  Constraints of
-anybody else are never touched.
+constraints of a VM, only those of ours that name the same VM are removed (a drain's bans
+stay until `clear`).  Constraints of anybody else are never touched.
 """
 from __future__ import annotations
 
@@ -56,10 +56,20 @@ def locations(plan: Plan, score: str) -> list[Location]:
     return result
 
 
-def ours_for(cib: etree._Element, vms: set[str] | None) -> list[etree._Element]:
-    """Our constraints in the CIB, for the given VMs (all VMs when None)."""
+def is_ban(location: etree._Element) -> bool:
+    return location.get("score", "").strip().lower() in ("-infinity", "-inf")
+
+
+def replaced(cib: etree._Element, new: list[Location], vms: set[str] | None,
+             keep_bans: bool = True) -> list[etree._Element]:
+    """Our constraints that writing `new` replaces: those of `vms` (all VMs when None).
+
+    A drain's bans are kept (the node stays avoided until `clear`) unless `new` rewrites
+    the very same id or keep_bans is False."""
+    new_ids = {location.id for location in new}
     return [loc for loc in cib.iterfind("configuration/constraints/rsc_location")
-            if loc.get("id", "").startswith(CONSTRAINT_PREFIX) and (vms is None or loc.get("rsc") in vms)]
+            if loc.get("id", "").startswith(CONSTRAINT_PREFIX) and (vms is None or loc.get("rsc") in vms)
+            and (not keep_bans or not is_ban(loc) or loc.get("id") in new_ids)]
 
 
 def location_element(location: Location) -> etree._Element:
@@ -67,10 +77,11 @@ def location_element(location: Location) -> etree._Element:
                          score=location.score)
 
 
-def with_locations(cib: etree._Element, new: list[Location], replace_for: set[str] | None) -> etree._Element:
-    """A copy of the CIB where our constraints for `replace_for` are replaced by `new`."""
+def with_locations(cib: etree._Element, new: list[Location], vms: set[str] | None,
+                   keep_bans: bool = True) -> etree._Element:
+    """A copy of the CIB where our constraints for `vms` are replaced by `new`."""
     result = copy.deepcopy(cib)
-    for old in ours_for(result, replace_for):
+    for old in replaced(result, new, vms, keep_bans):
         old.getparent().remove(old)
     constraints = result.find("configuration/constraints")
     if constraints is None:

@@ -2,12 +2,14 @@
 (crm_verify, crm_simulate, crm_mon on saved CIBs; no daemons needed)."""
 from __future__ import annotations
 
+import os
+import shlex
 import subprocess
 
 import pytest
 from lxml import etree
 
-from placement_helpers import require_pacemaker_tools, run_tool
+from placement_helpers import require_pacemaker_tools, require_tools, run_tool
 from ravada_placement import cibgen
 from ravada_placement.model import VM, Cluster, Node
 
@@ -138,3 +140,44 @@ def test_negative_utilization_in_the_cib_is_refused(tmp_path):
     cib.find("configuration/resources/primitive/utilization/nvpair[@name='hv_memory']").set("value", "-1")
     proc = run_tool("place", "--cib", save(cib, tmp_path / "cib.xml"))
     assert proc.returncode == 1 and "negative" in proc.stderr
+
+
+def test_a_drained_node_takes_no_vm_until_cleared(tmp_path):
+    path = save(cibgen.live_like_cib(lab_cluster()), tmp_path / "cib.xml")
+    drained = tmp_path / "drained.xml"
+    run_tool("drain", "n1", "--cib", path, "--write-cib", str(drained), check=True)
+    out = run_tool("place", "--cib", str(drained), "--explain", check=True).stdout
+    assert "n1                   excluded: drained by ravada-place" in out
+    assert "ravada-place-r1-avoid-n1" in drained.read_text()
+    # Placing other VMs keeps the drain's ban; only clear removes it.
+    placed = tmp_path / "placed.xml"
+    run_tool("place", "--cib", str(drained), "--write-cib", str(placed), check=True)
+    assert "ravada-place-r1-avoid-n1" in placed.read_text()
+    cleared = tmp_path / "cleared.xml"
+    run_tool("clear", "r1", "--cib", str(placed), "--write-cib", str(cleared), check=True)
+    assert "avoid" not in cleared.read_text()
+    assert "drained" not in run_tool("place", "--cib", str(cleared), "--explain", check=True).stdout
+
+
+@pytest.mark.parametrize("tool", ["pcs", "crm"])
+def test_pcs_and_crm_commands_produce_the_same_constraints_as_the_xml(tmp_path, tool):
+    require_pacemaker_tools()
+    require_tools(tool)
+    path = save(cibgen.live_like_cib(lab_cluster()), tmp_path / "cib.xml")
+    expected = tmp_path / "expected.xml"
+    run_tool("drain", "n2", "--cib", path, "--write-cib", str(expected), check=True)
+    commands = run_tool("drain", "n2", "--cib", path, "--format", tool, check=True).stdout.splitlines()
+    for command in commands:
+        argv = shlex.split(command)
+        env = dict(os.environ)
+        if tool == "pcs":
+            argv[1:1] = ["-f", path]
+        else:
+            env["CIB_file"] = path
+        subprocess.run(argv, check=True, capture_output=True, env=env, timeout=60)
+
+    def ours(file) -> set[tuple]:
+        return {(el.get("id"), el.get("rsc"), el.get("node"), el.get("score"))
+                for el in etree.parse(str(file)).iter("rsc_location") if el.get("id").startswith("ravada-place-")}
+
+    assert ours(path) == ours(expected) and ours(path)

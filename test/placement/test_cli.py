@@ -78,4 +78,5 @@ def test_unknown_vm_or_node_and_bad_options(tmp_path):
     assert run_tool("place", "--json", path, "--score", "-5").returncode == 1
     assert run_tool("place", "--json", path, "--cpu-ratio", "0").returncode == 2
     assert run_tool("place", "--json", path, "--apply").returncode == 1
+    assert run_tool("clear", "--json", path).returncode == 1
     assert run_tool("rebalance", "--json", path, "--policy", "pack").returncode == 1
