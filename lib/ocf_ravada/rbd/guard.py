@@ -372,7 +372,8 @@ class RbdGuard:
         """After libvirt reports the VM stopped: no client of this node may still have its disks
         open.  A clean QEMU exit drops its watch at once; a killed one leaves it for the watch
         timeout.  Waits briefly, then (policy recover) blocklists exactly those addresses so
-        nothing from this node can write any more.  allowed=False means the stop is not safe."""
+        nothing from this node can write any more.  RbdError (e.g. MissingCaps) means they
+        could not be cut off."""
         guarded = [d for d in disks if d.guarded]
         if self.policy is Policy.OFF or not guarded:
             return GuardResult(True, "not checked")
@@ -386,8 +387,11 @@ class RbdGuard:
         if not ours:
             return GuardResult(True, "no client of this node has the disks open", states=states)
         if self.policy is not Policy.RECOVER:
-            return GuardResult(False, "disks still open by this node's client(s) "
-                               + ", ".join(map(str, sorted(ours, key=str))), states=states)
+            # A killed QEMU's watch lingers for the watch timeout: normal after a destroy, and
+            # without `recover` we do not fence, so this is only reported.
+            return GuardResult(True, "watch(es) of this node's client(s) "
+                               + ", ".join(map(str, sorted(ours, key=str)))
+                               + " still present (rbd_lock_policy=check: not fenced)", states=states)
         actions = []
         for addr in sorted(ours, key=str):
             self.session.blocklist_add(str(addr), self.blocklist_seconds)
