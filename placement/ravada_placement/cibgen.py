@@ -5,7 +5,6 @@ as real VM resources, so Pacemaker's scheduler (crm_simulate) treats them exactl
 """
 from __future__ import annotations
 
-import subprocess
 import tempfile
 from pathlib import Path
 

@@ -97,7 +97,7 @@ def _why_unplaceable(state: PlacementState, vm: VM, policy: Policy) -> str:
     sized = [load.node for load in state.loads.values() if load.node.cpu is not None and load.node.memory is not None]
     if not sized:
         return "no node publishes utilization cpu/hv_memory"
-    cpu_fits = any(vm.cpu <= n.cpu * state.limits.cpu_ratio for n in sized)
+    cpu_fits = not policy.check_cpu or any(vm.cpu <= n.cpu * state.limits.cpu_ratio for n in sized)
     memory_fits = any(vm.memory <= n.memory * state.limits.memory_ratio for n in sized)
     if not memory_fits or not cpu_fits:
         biggest = max(sized, key=lambda n: (n.memory, n.cpu))
