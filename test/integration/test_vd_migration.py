@@ -14,8 +14,10 @@ pytestmark = pytest.mark.libvirt
 ADDRESSES = {"mignode1": "10.213.7.1", "mignode2": "10.213.7.2"}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def pair(tmp_path_factory):
+    """Fresh nodes per test: a libvirtd that has already migrated a guest sometimes lets the
+    next migration converge although the guest dirties memory faster than the bandwidth."""
     require_stack("real libvirt migration tests", "libvirtd", "virtlogd", "qemu-system-x86_64", "ip")
     workdir = str(tmp_path_factory.mktemp("migration"))
     nodes = [LibvirtNode(workdir, name, network=True, listen_tcp=True) for name in ADDRESSES]
@@ -55,6 +57,20 @@ def domain_on(node, name):
         conn.close()
 
 
+def wait_busy(node, name, cpu_seconds=2.0):
+    """Wait until the dirtier runs (firmware boot is short; the loop burns CPU)."""
+    conn = node.connect()
+    try:
+        dom = conn.lookupByName(name)
+        for _ in range(100):
+            if dom.info()[4] >= cpu_seconds * 1e9:
+                return
+            time.sleep(0.1)
+    finally:
+        conn.close()
+    raise AssertionError(f"{name} never got busy")
+
+
 def test_live_migration_moves_the_running_guest(pair, vm):
     src, dst = pair
     params, name = vm
@@ -92,6 +108,7 @@ def test_migration_that_cannot_finish_in_time_is_aborted_before_the_timeout(pair
     big.write_text(domain_xml(name, extra_devices=dirtier_disk_xml(disk)))
     params = {"config": str(big), "migration_transport": "tcp"}
     assert src.agent("start", params, {"timeout": "60000"}).returncode == 0
+    wait_busy(src, name)
     begin = time.monotonic()
     # The boot disk is one file both nodes see: tell libvirt it is shared storage.
     moved = src.agent("migrate_to", {**params, "migration_speed": "1", "migration_abort": "5",

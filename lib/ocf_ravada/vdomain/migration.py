@@ -155,6 +155,9 @@ def run(hv: Hypervisor, dom: libvirt.virDomain, name: str, node: str, remote: st
         mparams[libvirt.VIR_MIGRATE_PARAM_URI] = data
     if params["migration_speed"]:
         mparams[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = params["migration_speed"]
+        # Also on the domain, as `virsh migrate-setspeed` does: libvirt 9 does not always
+        # apply the migration parameter once the domain's QEMU has migrated before.
+        hv.call("setting the migration speed", dom.migrateSetMaxSpeed, params["migration_speed"], 0, limit=5)
     if params["auto_converge"]:
         flags |= libvirt.VIR_MIGRATE_AUTO_CONVERGE
     if params["postcopy"]:
