@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ocf_ravada.lab import procs
-from ocf_ravada.lab.layout import LabLayout
+from ocf_ravada.lab.layout import BRIDGE, LabLayout
 from ocf_ravada.lab.state import LabState
 
 from conftest import RAVADA_LAB, run_cli
@@ -16,13 +16,11 @@ from conftest import RAVADA_LAB, run_cli
 pytestmark = pytest.mark.lab
 
 
-def host_links() -> set[str]:
+def lab_links_on_host() -> list[str]:
+    """Links with the lab's names in the host's namespace (the lab must never make any)."""
     out = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, check=True)
-    return {line.split(":")[1].strip() for line in out.stdout.splitlines()}
-
-
-def host_netns() -> str:
-    return subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    names = [line.split(":")[1].strip().split("@")[0] for line in out.stdout.splitlines()]
+    return [n for n in names if n == BRIDGE or n.startswith("p-node")]
 
 
 def mounts_under(root: Path) -> list[str]:
@@ -45,10 +43,10 @@ def processes_mentioning(root: Path) -> list[int]:
 
 @pytest.fixture
 def clean_host(installed):
-    """The host's links and network namespaces before; asserted unchanged after."""
-    before = (host_links(), host_netns())
+    """No lab link on the host before or after (other engineers' links are theirs)."""
+    assert lab_links_on_host() == []
     yield
-    assert (host_links(), host_netns()) == before
+    assert lab_links_on_host() == []
 
 
 def test_down_leaves_nothing_behind(clean_host):
@@ -64,6 +62,8 @@ def test_down_leaves_nothing_behind(clean_host):
     finally:
         down = run_cli("down", "--name", name, check=False)
     assert down.returncode == 0, down.stderr
+    switch = procs.NamespaceIds(recorded["switch_netns"], -1)
+    assert procs.members(switch) == [], "processes left in the lab switch's namespace"
     pids = [recorded["controller"]]
     for info in recorded["nodes"].values():
         pids += [info["holder"], info["launcher"], *info["daemons"].values()]

@@ -83,7 +83,12 @@ class Controller:
             node.power_off()
         elif op == "reboot":
             node.power_off()
-            node.power_on()
+            # Off is what makes the node safe, so a boot failure does not fail the fencing.
+            try:
+                node.power_on()
+            except LabError as e:
+                print(f"controller: {node.layout.name} fenced but did not boot: {e}",
+                      file=sys.stderr, flush=True)
         elif op == "freeze":
             node.freeze()
         elif op == "thaw":
