@@ -99,3 +99,22 @@ def test_failing_start_moves_vm_elsewhere_with_readable_failure(settled_lab):
         lab.run(lab.state().node_names[0], "stonith_admin", "--reboot", broken)
         lab.settle()
         lab.delete_vm("vmfail")
+
+
+def test_partitioned_node_is_fenced_and_vm_never_runs_twice(settled_lab):
+    lab = settled_lab
+    lab.create_vm("vmcut")
+    try:
+        victim = lab.wait_started("vmcut")
+        with QemuWatch(lab) as watch:
+            wall = time.time()
+            lab.cli("cut", victim)
+            survivor = lab.wait_started("vmcut", not_on=(victim,))
+            lab.settle()  # fenced by reboot: it comes back cabled, and rejoins
+        assert_fenced_since(lab, victim, wall)
+        assert_never_twice(watch, "vmcut")
+        assert vms.qemu_nodes(lab.state()).get("vmcut") == [survivor]
+        assert not lab.state().data["nodes"][victim]["cut"]
+    finally:
+        lab.settle()
+        lab.delete_vm("vmcut")

@@ -110,3 +110,13 @@ def test_cli_errors_are_messages_not_tracebacks(argv, message):
     result = run(RAVADA_LAB + argv)
     assert result.returncode != 0
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.skipif(not PACEMAKER_SCHEMA.exists(), reason="pacemaker schema not installed")
+def test_fencing_template_fits_a_valid_cib():
+    cib = etree.fromstring(configs.seed_cib())
+    template = etree.parse(str(TOP / "cib-templates" / "lab-fencing.xml")).getroot()
+    cib.find("configuration/resources").append(template)
+    schema = etree.RelaxNG(file=str(PACEMAKER_SCHEMA))
+    assert schema.validate(cib), schema.error_log
+    assert template.get("type") == fence.AGENT

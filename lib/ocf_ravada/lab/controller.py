@@ -55,9 +55,11 @@ class Controller:
                 self.power_on_all()
             elif op == "shutdown":
                 self.shutdown()
-            else:
+            elif op == "state":
                 with self.lock:
                     self.save()
+            else:  # ping: must answer even while a boot holds the lock
+                return {"controller": os.getpid()}
             return self.state()
         if op not in NODE_OPS:
             raise LabError(f"unknown operation {op!r}")

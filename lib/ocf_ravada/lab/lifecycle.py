@@ -65,12 +65,12 @@ def write_lab_files(lab: LabLayout, count: int) -> None:
 
 def start_controller(lab: LabLayout, count: int) -> None:
     env = dict(os.environ, PYTHONPATH=str(Path(ocf_ravada.__file__).resolve().parent.parent))
-    log = open(lab.controller_log, "ab")
-    controller = subprocess.Popen(
-        ["unshare", "--net", "--", PYTHON, "-m", "ocf_ravada.lab.controller",
-         "--name", lab.name, "--root", str(lab.root.parent), "--nodes", str(count)],
-        env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-        cwd="/")
+    with open(lab.controller_log, "ab") as log:
+        controller = subprocess.Popen(
+            ["unshare", "--net", "--", PYTHON, "-m", "ocf_ravada.lab.controller",
+             "--name", lab.name, "--root", str(lab.root.parent), "--nodes", str(count)],
+            env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+            cwd="/")
     deadline = time.monotonic() + 15
     while not is_up(lab):
         if controller.poll() is not None or time.monotonic() > deadline:
@@ -139,29 +139,37 @@ def _recorded(lab: LabLayout) -> dict:
 
 
 def _kill_recorded(recorded: dict) -> None:
-    """Kill what the state file records (after a clean shutdown nothing is left to kill)."""
-    namespaces = []
-    pids = []
+    """Kill what the state file records (after a clean shutdown nothing is left to kill).
+
+    A recorded PID is only signalled while it still sits in the namespace recorded with it:
+    after a host reboot the number may belong to somebody else's process.
+    """
+    switch = recorded.get("switch_netns")
     for info in recorded.get("nodes", {}).values():
-        if info.get("netns"):
-            namespaces.append(procs.NamespaceIds(info["netns"], info["pidns"]))
-        pids += [p for p in (info.get("holder"), info.get("launcher")) if p]
-    controller = recorded.get("controller")
-    for pid in pids:
-        if procs.alive(pid):
-            os.kill(pid, signal.SIGKILL)
-    for ns in namespaces:
+        if not info.get("netns"):
+            continue
+        ns = procs.NamespaceIds(info["netns"], info["pidns"])
+        for pid in (info.get("holder"), info.get("launcher")):
+            if pid and _in_namespace(pid, ns):
+                os.kill(pid, signal.SIGKILL)
         procs.signal_all(procs.members(ns), signal.SIGKILL)
         left = procs.wait_gone(ns, 15)
         if left:
             raise LabError(f"processes {left} of the lab survive SIGKILL")
-    if controller and _wait_dead(controller, 5):
-        os.kill(controller, signal.SIGTERM)
-        deadline = time.monotonic() + 30
-        while procs.alive(controller) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if procs.alive(controller):
+    controller = recorded.get("controller")
+    if controller and switch and _in_namespace(controller, procs.NamespaceIds(switch, -1)):
+        if _wait_dead(controller, 5):
+            os.kill(controller, signal.SIGTERM)
+        if _wait_dead(controller, 30):
             os.kill(controller, signal.SIGKILL)
+
+
+def _in_namespace(pid: int, ns: procs.NamespaceIds) -> bool:
+    try:
+        mine = procs.NamespaceIds.of(pid)
+    except OSError:
+        return False
+    return procs.alive(pid) and (mine.net == ns.net or mine.pid == ns.pid)
 
 
 def _wait_dead(pid: int, timeout: float) -> bool:

@@ -145,12 +145,13 @@ class Node:
         binds = [[str(self.layout.private_dir(t)), t] for t in PRIVATE_DIRS]
         binds.append([str(self.lab.hosts_file), "/etc/hosts"])
         spec.write_text(json.dumps({"hostname": self.layout.name, "binds": binds}))
-        self.launcher = subprocess.Popen(
-            ["unshare", "--net", "--mount", "--uts", "--ipc", "--pid", "--fork", "--mount-proc",
-             "--propagation", "private", "--kill-child", PYTHON, HOLDER, str(spec)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=open(self.layout.log_dir / "holder.log", "ab"),
-        )
+        with open(self.layout.log_dir / "holder.log", "ab") as log:
+            self.launcher = subprocess.Popen(
+                ["unshare", "--net", "--mount", "--uts", "--ipc", "--pid", "--fork",
+                 "--mount-proc", "--propagation", "private", "--kill-child", PYTHON, HOLDER,
+                 str(spec)],
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
+            )
         assert self.launcher.stdout is not None
         ready, _, _ = select.select([self.launcher.stdout], [], [], START_TIMEOUT)
         answer = self.launcher.stdout.readline().decode().strip() if ready else "no answer"
@@ -181,9 +182,9 @@ class Node:
         for name, argv in DAEMONS:
             if name == "pacemakerd":
                 self._wait_for(["corosync-cfgtool", "-s"], "corosync")
-            log = open(self.layout.log_dir / f"{name}.log", "ab")
-            run(enter_command(self.holder) + ["setsid", "-f", *argv], env=NODE_ENV, stdout=log,
-                stderr=log)
+            with open(self.layout.log_dir / f"{name}.log", "ab") as log:
+                run(enter_command(self.holder) + ["setsid", "-f", *argv], env=NODE_ENV,
+                    stdout=log, stderr=log)
         socket = Path(f"/proc/{self.holder}/root/run/libvirt/libvirt-sock")
         deadline = time.monotonic() + START_TIMEOUT
         while not socket.exists():
