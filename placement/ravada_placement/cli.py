@@ -131,7 +131,7 @@ def _run(args: argparse.Namespace) -> int:
                if cib is not None else [])
     if args.explain and plan.explanations:
         print(render.explain(plan))
-    print({"text": lambda: render.text(plan) if plan.kind != "clear" else "\n".join(f"remove {r}" for r in removed),
+    print({"text": lambda: render.text(plan) if plan.kind != "clear" else render.removals(removed),
            "xml": lambda: render.xml(new),
            "pcs": lambda: render.pcs(new, removed),
            "crm": lambda: render.crm(new, removed),

@@ -25,6 +25,10 @@ def text(plan: Plan) -> str:
     return "\n".join(lines)
 
 
+def removals(removed: list[str]) -> str:
+    return "\n".join(f"remove {cid}" for cid in removed) or "nothing to do"
+
+
 def explain(plan: Plan) -> str:
     lines = []
     for vm, verdicts in plan.explanations.items():
