@@ -65,7 +65,7 @@ class Lab:
 
     def pcs(self, *args: str, node: str | None = None) -> subprocess.CompletedProcess:
         state = self.state()
-        return node_run(state, node or state.powered_nodes()[0], ["pcs", *args])
+        return node_run(state, node or state.healthy_nodes()[0], ["pcs", *args])
 
     def view(self) -> ClusterView:
         return observe(self.state())
@@ -96,7 +96,7 @@ class Lab:
 
     def fence_events(self, node: str) -> list[dict]:
         from lxml import etree
-        out = self.run(self.state().powered_nodes()[0], "stonith_admin", "--history", node,
+        out = self.run(self.state().healthy_nodes()[0], "stonith_admin", "--history", node,
                        "--output-as=xml").stdout
         return [dict(e.attrib) for e in etree.fromstring(out.encode()).iter("fence_event")]
 

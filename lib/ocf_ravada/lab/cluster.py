@@ -43,10 +43,10 @@ class ClusterView:
 
 
 def observe(state: LabState, via: str | None = None) -> ClusterView:
-    """crm_mon from `via` (default: the first powered node)."""
-    candidates = [via] if via else state.powered_nodes()
+    """crm_mon from `via` (default: the first healthy node)."""
+    candidates = [via] if via else state.healthy_nodes()
     if not candidates:
-        raise LabError("no lab node is powered on")
+        raise LabError("no lab node is powered on, running and connected")
     result = node_run(state, candidates[0],
                       ["crm_mon", "-1", "--output-as=xml", "--include=all"], check=False)
     if not result.stdout.lstrip().startswith("<"):

@@ -75,6 +75,11 @@ def write_node_files(lab: LabLayout, node: NodeLayout, nodes: list[NodeLayout]) 
     (corosync / "corosync.conf").write_text(configs.corosync_conf(lab, nodes))
     shutil.copyfile(lab.authkey, corosync / "authkey")
     os.chmod(corosync / "authkey", 0o400)
+    # pcs reads it for every cluster command; an empty one means "no pcsd hosts known".
+    known_hosts = node.private_dir("/var/lib/pcsd") / "known-hosts"
+    known_hosts.write_text(json.dumps({"format_version": 1, "data_version": 1,
+                                       "known_hosts": {}}))
+    os.chmod(known_hosts, 0o600)
     libvirt = node.private_dir("/etc/libvirt")
     (libvirt / "libvirtd.conf").write_text(configs.libvirtd_conf(lab, node))
     (libvirt / "qemu.conf").write_text(configs.qemu_conf(node))

@@ -42,13 +42,21 @@ class LabState:
         return [n for n, info in self.data["nodes"].items()
                 if info.get("holder") and procs.alive(info["holder"])]
 
+    def healthy_nodes(self) -> list[str]:
+        """Powered, not frozen, not cut off: nodes whose view of the cluster can be trusted."""
+        return [n for n in self.powered_nodes()
+                if not self.data["nodes"][n].get("frozen") and not self.data["nodes"][n].get("cut")]
+
 
 def node_run(state: LabState, node: str, argv: list[str], timeout: float = 60.0,
              check: bool = True) -> subprocess.CompletedProcess:
     """Run a command inside a node; capture its output as text."""
-    result = subprocess.run(enter_command(state.holder(node)) + argv, env=NODE_ENV,
-                            stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                            timeout=timeout)
+    try:
+        result = subprocess.run(enter_command(state.holder(node)) + argv, env=NODE_ENV,
+                                stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                                timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise LabError(f"{node}: {' '.join(argv)} did not finish within {timeout:.0f}s") from None
     if check and result.returncode:
         raise LabError(f"{node}: {' '.join(argv)} failed (rc {result.returncode}): "
                        f"{(result.stderr or result.stdout).strip()}")

@@ -20,7 +20,7 @@ def create_vm(state: LabState, name: str, via: str | None = None, agent: str = A
               extra: tuple[str, ...] = ()) -> Path:
     """Domain XML in the shared dir + `pcs resource create` (no --force: pcs validates)."""
     config = write_domain(state.lab, name)
-    node = via or state.powered_nodes()[0]
+    node = via or state.healthy_nodes()[0]
     # tcp: the lab's libvirtd listen unauthenticated on the lab network only (no TLS PKI);
     # force_stop: a disk-less guest has no OS to honour an ACPI shutdown.
     node_run(state, node, ["pcs", "resource", "create", name, agent, f"config={config}",
