@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import sys
-import traceback
 from typing import Callable, ClassVar, Mapping
 
 from .deadline import Deadline
@@ -92,6 +91,8 @@ def run(agent_cls: type[Agent], argv: list[str], environ: Mapping[str, str] | No
             print_exit_reason(env, err.reason)
         return int(err.rc)
     except Exception as err:  # an agent bug must still produce a readable failure
+        import traceback
+
         log.error("internal error: " + "".join(traceback.format_exception(err)).strip())
         print_exit_reason(env, f"internal error in {info.name} {action}: {err!r}")
         return Rc.ERR_GENERIC

@@ -4,16 +4,14 @@ lxml is imported only when the XML is wanted: monitors never pay for it.
 """
 from __future__ import annotations
 
-import dataclasses
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 from .params import Parameter
 
 OCF_API_VERSION = "1.1"
 
 
-@dataclasses.dataclass(frozen=True)
-class Action:
+class Action(NamedTuple):
     name: str
     timeout: int  # seconds
     interval: int | None = None  # seconds
@@ -21,8 +19,7 @@ class Action:
     role: str | None = None
 
 
-@dataclasses.dataclass(frozen=True)
-class AgentInfo:
+class AgentInfo(NamedTuple):
     name: str
     version: str
     shortdesc: str

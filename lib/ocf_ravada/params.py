@@ -5,8 +5,7 @@ pass empty values for cleared parameters), so the default applies.
 """
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, NamedTuple
 
 from .ocf import Environment, OcfError, Rc
 
@@ -14,16 +13,14 @@ TRUE_WORDS = frozenset({"1", "yes", "true", "on", "ja", "y"})
 FALSE_WORDS = frozenset({"0", "no", "false", "off", "nein", "n"})
 
 
-@dataclasses.dataclass(frozen=True)
-class Deprecation:
+class Deprecation(NamedTuple):
     """OCF 1.1 <deprecated>: the parameter still works, the admin is told what replaces it."""
 
     desc: str
     replaced_with: tuple[str, ...] = ()
 
 
-@dataclasses.dataclass(frozen=True)
-class Parameter:
+class Parameter(NamedTuple):
     name: str
     shortdesc: str
     longdesc: str
@@ -38,12 +35,6 @@ class Parameter:
     deprecated: Deprecation | None = None
     # Extra check on the parsed value; returns an error message or None.
     check: Callable[[Any], str | None] | None = None
-
-    def __post_init__(self) -> None:
-        if self.type not in ("string", "integer", "boolean", "select"):
-            raise ValueError(f"parameter {self.name}: unknown type {self.type}")
-        if self.type == "select" and not self.options:
-            raise ValueError(f"parameter {self.name}: select needs options")
 
     def default_text(self) -> str | None:
         """The default as the metadata shows it."""

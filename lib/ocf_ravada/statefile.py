@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from typing import Any
 
 
@@ -26,6 +25,8 @@ class StateFile:
 
     def save(self, data: dict[str, Any]) -> None:
         """Atomic replace, so a concurrent reader never sees half a file."""
+        import tempfile  # writes are rare; monitors only read
+
         directory = os.path.dirname(self.path)
         os.makedirs(directory, mode=0o755, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=".state-")

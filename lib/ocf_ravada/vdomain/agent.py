@@ -1,8 +1,11 @@
-"""ocf:ravada:VirtualDomain actions."""
+"""ocf:ravada:VirtualDomain actions.
+
+Monitors run every few seconds for every VM: modules only other actions need (migration,
+stop, persist, checks, resources) are imported inside those actions.
+"""
 from __future__ import annotations
 
 import os
-import shutil
 from typing import Callable, Mapping
 
 import libvirt
@@ -11,9 +14,8 @@ from ..agent import Agent
 from ..deadline import Deadline
 from ..ocf import OcfError, Rc
 from ..statefile import StateFile
-from ..virt import qemuproc
 from ..virt.connection import Hypervisor, LibvirtUnavailable
-from . import checks, config, migration, persist, resources, stop, utilization
+from . import config, utilization
 from .config import ConfigUnreadable, Identity
 from .parameters import INFO
 
@@ -97,6 +99,8 @@ class VirtualDomain(Agent):
 
     def check_parameters(self) -> None:
         """Level 0: the parameters make sense together (no look at this node)."""
+        from . import migration
+
         p = self.params
         if p["force_stop"] and p["snapshot"]:
             raise OcfError(Rc.ERR_CONFIGURED, "force_stop and snapshot cannot be used together")
@@ -112,6 +116,8 @@ class VirtualDomain(Agent):
 
     def check_environment(self) -> config.Identity:
         """Level 10: this node can run the domain (config readable and sane, tools present)."""
+        import shutil
+
         path = self.params["config"]
         try:
             text = config.read_text(path)
@@ -164,6 +170,8 @@ class VirtualDomain(Agent):
             if rc != Rc.SUCCESS:
                 return rc
             if level >= 10 and not self.is_probe:
+                from . import checks
+
                 checks.guest_agent_ping(hv, dom, ident.name, self.deadline)
             if level >= 20 and not self.is_probe and self.params["monitor_scripts"]:
                 checks.run_scripts(self.params["monitor_scripts"], ident.name,
@@ -177,6 +185,8 @@ class VirtualDomain(Agent):
             hv.close()
 
     def _check_without_libvirt(self, ident: Identity, err: LibvirtUnavailable) -> int:
+        from ..virt import qemuproc  # psutil: only when libvirt is not there
+
         procs = qemuproc.find(ident.name, ident.uuid)
         if procs:
             self.log.warning(f"{err}; QEMU of {ident.name} runs (pid {procs[0].pid}): reporting running")
@@ -187,6 +197,8 @@ class VirtualDomain(Agent):
     # -- start -----------------------------------------------------------------------
 
     def start(self) -> int:
+        from . import resources
+
         self.check_parameters()
         ident = self.check_environment()
         # Caches the identity, so a stop after a failed start or a lost config finds it.
@@ -221,6 +233,8 @@ class VirtualDomain(Agent):
             hv.close()
 
     def _create(self, hv: Hypervisor, ident: Identity, path: str) -> None:
+        from . import persist
+
         saved = self._snapshot_file(ident.name)
         try:
             if saved and os.path.exists(saved):
@@ -253,6 +267,8 @@ class VirtualDomain(Agent):
             self.deadline.sleep(0.2)
 
     def _wait_scripts(self, ident: Identity) -> None:
+        from . import checks
+
         while True:
             try:
                 checks.run_scripts(self.params["monitor_scripts"], ident.name,
@@ -267,6 +283,8 @@ class VirtualDomain(Agent):
     # -- stop ------------------------------------------------------------------------
 
     def stop(self) -> int:
+        from . import stop
+
         ident = self.identity(strict=False)
         if ident is None:
             self.log.warning(f"domain name unknown (config {self.params['config']} unreadable and "
@@ -293,6 +311,8 @@ class VirtualDomain(Agent):
         return Rc.SUCCESS
 
     def _stop_with_libvirt(self, hv: Hypervisor, ident: Identity) -> None:
+        from . import persist, stop
+
         name = ident.name
         dom, state, _reason = self.domain_state(hv, name)
         if dom is None or state == libvirt.VIR_DOMAIN_SHUTOFF:
@@ -325,6 +345,8 @@ class VirtualDomain(Agent):
     # -- migration -------------------------------------------------------------------
 
     def migrate_to(self) -> int:
+        from . import migration, persist
+
         target = self.env.meta("migrate_target")
         if not target:
             raise OcfError(Rc.ERR_CONFIGURED, "migrate_to needs OCF_RESKEY_CRM_meta_migrate_target")
@@ -353,6 +375,8 @@ class VirtualDomain(Agent):
             hv.close()
 
     def _start_remote_resources(self, remote: str) -> None:
+        from . import resources
+
         parsed = config.parse(self.params["config"], config.read_text(self.params["config"]))
         try:
             target = Hypervisor.connect(remote, self.deadline)

@@ -7,15 +7,14 @@ node since boot.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
+from typing import NamedTuple
 
 from ..ocf import OcfError, Rc
 from ..statefile import StateFile
 
 
-@dataclasses.dataclass(frozen=True)
-class Identity:
+class Identity(NamedTuple):
     name: str
     uuid: str | None
     source: str  # where we learnt it, for log messages

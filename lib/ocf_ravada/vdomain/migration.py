@@ -4,12 +4,11 @@ aborts in time.
 """
 from __future__ import annotations
 
-import dataclasses
 import random
 import shlex
 import threading
 import time
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit, urlunsplit
 
 import libvirt
@@ -50,8 +49,7 @@ VALUE_OPTIONS = {
 IGNORED_OPTIONS = {"--verbose"}  # progress is always logged
 
 
-@dataclasses.dataclass
-class MigrationOptions:
+class MigrationOptions(NamedTuple):
     flags: int
     values: dict[str, Any]
 

@@ -12,7 +12,6 @@ import libvirt
 from ..deadline import Deadline
 from ..log import Log
 from ..ocf import OcfError, Rc
-from ..virt import domxml
 from ..virt.connection import Hypervisor
 from .config import ConfigUnreadable, read_text
 
@@ -28,6 +27,8 @@ def save_config(hv: Hypervisor, dom: libvirt.virDomain, path: str, sync: bool,
         current = None
     if xml == current:
         return
+    from ..virt import domxml  # lxml: only when a definition is saved
+
     try:
         domxml.parse(xml)
     except domxml.DomainXmlError as err:

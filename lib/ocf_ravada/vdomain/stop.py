@@ -14,7 +14,6 @@ import libvirt
 from ..deadline import Deadline
 from ..log import Log
 from ..ocf import OcfError, Rc
-from ..virt import qemuproc
 from ..virt.connection import Hypervisor, LibvirtUnavailable, is_not_running
 from .config import Identity
 
@@ -100,6 +99,8 @@ def destroy(hv: Hypervisor, name: str, deadline: Deadline, log: Log) -> None:
 
 def kill_qemu(identity: Identity, deadline: Deadline, log: Log) -> None:
     """Without libvirt: end the domain's QEMU ourselves, as libvirt's destroy would."""
+    from ..virt import qemuproc
+
     procs = qemuproc.find(identity.name, identity.uuid)
     if not procs:
         return
@@ -121,6 +122,8 @@ def kill_qemu(identity: Identity, deadline: Deadline, log: Log) -> None:
 
 def verify_no_qemu(identity: Identity, deadline: Deadline) -> None:
     """libvirt says shut off; make sure no QEMU of ours lingers (it would still hold disks)."""
+    from ..virt import qemuproc
+
     while qemuproc.find(identity.name, identity.uuid):
         if deadline.expired():
             raise OcfError(Rc.ERR_GENERIC, f"{identity.name} is shut off but its QEMU process is still alive")

@@ -5,7 +5,6 @@ a value changes (a resize, an edited config), not on every monitor as the shell 
 """
 from __future__ import annotations
 
-from .. import cib
 from ..deadline import Deadline
 from ..log import Log
 from ..ocf import Environment
@@ -44,6 +43,8 @@ def update(env: Environment, params, state: StateFile, vcpus: int, max_memory_ki
     # is no cluster whose CIB we could or should write.
     if not changes or rsc is None or not env.get("OCF_RESKEY_crm_feature_set"):
         return
+    from .. import cib  # subprocess: only when something is written
+
     for attr, value in changes.items():
         try:
             if value == DELETED:

@@ -1,7 +1,7 @@
 """What the agents need to know from a libvirt domain XML, read with lxml."""
 from __future__ import annotations
 
-import dataclasses
+from typing import NamedTuple
 
 from lxml import etree
 
@@ -16,8 +16,7 @@ class DomainXmlError(ValueError):
     pass
 
 
-@dataclasses.dataclass(frozen=True)
-class DomainConfig:
+class DomainConfig(NamedTuple):
     name: str
     uuid: str | None
     vcpus: int | None
