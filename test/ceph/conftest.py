@@ -14,6 +14,8 @@ sys.path.insert(0, str(HERE))          # microceph, qemu_io (lib/ comes from tes
 
 from microceph import MicroCeph  # noqa: E402
 from qemu_io import QemuIO  # noqa: E402
+from support.libvirt_node import LibvirtNode  # noqa: E402
+from support.stack import require_stack as require_real_stack  # noqa: E402
 
 QEMU_RBD_DRIVER = "/usr/lib/x86_64-linux-gnu/qemu/block-rbd.so"
 
@@ -75,3 +77,14 @@ def image(ceph, request):
     """A fresh 64 MiB exclusive-lock image named after the test."""
     name = request.node.name.replace("[", "-").replace("]", "")[:60]
     return ceph.create_image(name)
+
+
+@pytest.fixture(scope="module")
+def libvirt_node(ceph, tmp_path_factory):
+    require_real_stack("RBD guard with real libvirt", "libvirtd", "virtlogd", "qemu-system-x86_64", "unshare", "nsenter")
+    node = LibvirtNode(str(tmp_path_factory.mktemp("libvirt-rbd")), "rbdnode")   # host network: node-r
+    try:
+        node.start()
+        yield node
+    finally:
+        node.stop()

@@ -2,60 +2,20 @@
 libvirtd, authenticated with a libvirt ceph secret), as the VM agent will use it."""
 from __future__ import annotations
 
-import base64
-import configparser
 import json
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
-from lxml import etree
 
 from microceph import NODE_USER, ROOT_NODE
+from rbd_domains import ceph_secret, rbd_disk_xml
 from ocf_ravada.deadline import Deadline
 from ocf_ravada.rbd import NodeMap, Policy, RbdGuard, disks_from_domain_xml
-from support.libvirt_node import LibvirtNode, domain_xml
-from support.stack import require_stack
+from support.libvirt_node import domain_xml
 
 pytestmark = [pytest.mark.ceph, pytest.mark.libvirt]
-
-
-@pytest.fixture(scope="module")
-def libvirt_node(ceph, tmp_path_factory):
-    require_stack("RBD guard with real libvirt", "libvirtd", "virtlogd", "qemu-system-x86_64", "unshare", "nsenter")
-    node = LibvirtNode(str(tmp_path_factory.mktemp("libvirt-rbd")), "rbdnode")   # host network: node-r
-    try:
-        node.start()
-        yield node
-    finally:
-        node.stop()
-
-
-def ceph_secret(conn, ceph) -> str:
-    keyring = configparser.ConfigParser()
-    keyring.read(ceph.keyring(NODE_USER))
-    secret = etree.Element("secret", ephemeral="no", private="yes")
-    secret_uuid = str(uuid.uuid4())
-    etree.SubElement(secret, "uuid").text = secret_uuid
-    usage = etree.SubElement(secret, "usage", type="ceph")
-    etree.SubElement(usage, "name").text = f"client.{NODE_USER} {secret_uuid}"
-    handle = conn.secretDefineXML(etree.tostring(secret).decode())
-    handle.setValue(base64.b64decode(keyring[f"client.{NODE_USER}"]["key"]))
-    return secret_uuid
-
-
-def rbd_disk_xml(ceph, spec: str, secret_uuid: str) -> str:
-    disk = etree.Element("disk", type="network", device="disk")
-    etree.SubElement(disk, "driver", name="qemu", type="raw", cache="none")
-    source = etree.SubElement(disk, "source", protocol="rbd", name=spec)
-    etree.SubElement(source, "host", name=ceph.mon_ip, port="6789")
-    etree.SubElement(source, "config", file=str(ceph.conf))
-    auth = etree.SubElement(disk, "auth", username=NODE_USER)
-    etree.SubElement(auth, "secret", type="ceph", uuid=secret_uuid)
-    etree.SubElement(disk, "target", dev="vda", bus="virtio")
-    return etree.tostring(disk).decode()
 
 
 def start_elsewhere(ceph, node: str, spec: str) -> dict:

@@ -7,19 +7,30 @@
         if not result.allowed: refuse with result.reason
         ... start the domain ...
         guard.after_start(disks)
-"""
-from .addresses import ClientAddr, whole_node_entry
-from .cluster import LONG_BLOCKLIST_SECONDS, BlocklistEntry, CephSession
-from .disks import RbdDisk, disks_from_domain_xml
-from .errors import BadDiskSpec, CephAuthError, CephConfigMissing, CephUnreachable, ImageMissing, MissingCaps, RbdError
-from .guard import GuardResult, Policy, RbdGuard, RunningCheck
-from .image_state import ImageState, LockHolder, Watcher, read_image_state
-from .nodes import ATTRIBUTE, NodeMap, own_ceph_ips, pacemaker_fenced, publish_node_addrs
 
-__all__ = [
-    "ATTRIBUTE", "BadDiskSpec", "BlocklistEntry", "CephAuthError", "CephConfigMissing", "CephSession", "CephUnreachable",
-    "ClientAddr", "GuardResult", "ImageMissing", "ImageState", "LONG_BLOCKLIST_SECONDS", "LockHolder",
-    "MissingCaps", "NodeMap", "Policy", "RbdDisk", "RbdError", "RbdGuard", "RunningCheck", "Watcher",
-    "disks_from_domain_xml", "own_ceph_ips", "pacemaker_fenced", "publish_node_addrs",
-    "read_image_state", "whole_node_entry",
-]
+Names are loaded on first use (PEP 562): importing the package, or its light modules such
+as agent_params, must not load librados into every agent run.
+"""
+import importlib
+
+_EXPORTS = {
+    "ClientAddr": "addresses", "whole_node_entry": "addresses",
+    "LONG_BLOCKLIST_SECONDS": "cluster", "BlocklistEntry": "cluster", "CephSession": "cluster",
+    "RbdDisk": "disks", "disks_from_domain_xml": "disks",
+    "BadDiskSpec": "errors", "CephAuthError": "errors", "CephConfigMissing": "errors",
+    "CephUnreachable": "errors", "ImageMissing": "errors", "MissingCaps": "errors", "RbdError": "errors",
+    "GuardResult": "guard", "Policy": "guard", "RbdGuard": "guard", "RunningCheck": "guard",
+    "ImageState": "image_state", "LockHolder": "image_state", "Watcher": "image_state",
+    "read_image_state": "image_state",
+    "ATTRIBUTE": "nodes", "NodeMap": "nodes", "own_ceph_ips": "nodes", "pacemaker_fenced": "nodes",
+    "publish_node_addrs": "nodes",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value

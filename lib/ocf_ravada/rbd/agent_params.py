@@ -5,15 +5,16 @@ domain has guarded RBD disks, so VMs without Ceph never touch a Ceph client.
 """
 from __future__ import annotations
 
-import ipaddress
 import os
 from typing import Any, Mapping
 
 from ..ocf import Rc
 from ..params import Parameter
 from .errors import BadDiskSpec, CephConfigMissing, RbdError
-from .guard import DeadlineLike, Policy, RbdGuard
-from .nodes import NodeMap
+
+# The values of guard.Policy, spelled out so that declaring the parameters (every agent run)
+# does not load librados; a unit test keeps the two in step.
+POLICIES = ("off", "check", "recover")
 
 CONNECT_TIMEOUT = 10.0
 
@@ -23,6 +24,8 @@ def _absolute_path(value: str) -> str | None:
 
 
 def _ip_list(value: str) -> str | None:
+    import ipaddress  # only when the parameter is set
+
     try:
         for part in value.replace(",", " ").split():
             ipaddress.ip_address(part)
@@ -46,7 +49,7 @@ RBD_PARAMETERS: tuple[Parameter, ...] = (
       "off: do not look at Ceph. check: refuse to start while any other client has one of "
       "the domain's RBD images open. recover: also clear stale locks of dead owners, after "
       "blocklisting exactly that owner (default).",
-      type="select", options=tuple(p.value for p in Policy), default=Policy.RECOVER.value),
+      type="select", options=POLICIES, default="recover"),
     P("rbd_watch_only_ips", "Hosts that only watch RBD images",
       "Space or comma separated IPs of hosts whose Ceph clients only watch images "
       "(rbd-mirror, backup agents): their watches neither block a start nor count as split "
@@ -54,9 +57,13 @@ RBD_PARAMETERS: tuple[Parameter, ...] = (
 )
 
 
-def open_guard(values: Mapping[str, Any], local_node: str, deadline: DeadlineLike) -> RbdGuard | None:
-    """A connected guard for the agent's parameter values, or None with rbd_lock_policy=off.
-    The connection is bounded by min(10 s, a third of what the deadline has left)."""
+def open_guard(values: Mapping[str, Any], local_node: str, deadline):
+    """A connected guard (RbdGuard) for the agent's parameter values, or None with
+    rbd_lock_policy=off. The connection is bounded by min(10 s, a third of what the deadline
+    has left)."""
+    from .guard import Policy, RbdGuard
+    from .nodes import NodeMap
+
     policy = Policy.parse(values["rbd_lock_policy"])
     if policy is Policy.OFF:
         return None

@@ -15,7 +15,7 @@ from ..deadline import Deadline
 from ..ocf import OcfError, Rc
 from ..statefile import StateFile
 from ..virt.connection import Hypervisor, LibvirtUnavailable
-from . import config, utilization
+from . import config, rbdsafety, utilization
 from .config import ConfigUnreadable, Identity
 from .parameters import INFO
 
@@ -88,6 +88,9 @@ class VirtualDomain(Agent):
             return Rc.SUCCESS
         raise OcfError(Rc.ERR_GENERIC, f"domain {name} is in no known state ({state})")
 
+    def live_xml(self, hv: Hypervisor, dom: libvirt.virDomain) -> str:
+        return hv.call("reading the domain definition", dom.XMLDesc, 0)
+
     def update_utilization(self, hv: Hypervisor, dom: libvirt.virDomain, force: bool = False) -> None:
         if not any(self.params[f"{p}_utilization_{a}"] for p in ("autoset", "unset")
                    for a in utilization.ATTRIBUTES):
@@ -136,7 +139,7 @@ class VirtualDomain(Agent):
             raise OcfError(Rc.ERR_INSTALLED, "virt-copy-in (libguestfs-tools) is not installed")
         if self.params["sync_config_on_stop"] and shutil.which("csync2") is None:
             raise OcfError(Rc.ERR_INSTALLED, "csync2 is not installed")
-        return Identity(parsed.name, parsed.uuid, "config")
+        return Identity(parsed.name, parsed.uuid, "config", parsed.has_rbd)
 
     def validate_all(self) -> int:
         self.check_parameters()
@@ -176,6 +179,8 @@ class VirtualDomain(Agent):
             if level >= 20 and not self.is_probe and self.params["monitor_scripts"]:
                 checks.run_scripts(self.params["monitor_scripts"], ident.name,
                                    self.params["monitor_scripts_timeout"], self.deadline)
+            if ident.rbd and not self.is_probe and self.action == "monitor":
+                rbdsafety.check_running(self, rbdsafety.guarded_disks(self, self.live_xml(hv, dom)))
             if with_utilization:
                 self.update_utilization(hv, dom)
             return Rc.SUCCESS
@@ -217,11 +222,16 @@ class VirtualDomain(Agent):
                     raise OcfError(Rc.ERR_INSTALLED,
                                    f"another domain named {ident.name} (uuid {uuid}) is defined on this "
                                    f"node; undefine it or fix {path}")
-            parsed = config.parse(path, config.read_text(path))
+            text = config.read_text(path)
+            parsed = config.parse(path, text)
             if self.params["start_resources"]:
                 resources.ensure_active(hv, parsed.pools, parsed.networks, self.log)
-            self._create(hv, ident, path)
-            dom = self._wait_running(hv, ident)
+
+            def create_and_wait() -> libvirt.virDomain:
+                self._create(hv, ident, path)
+                return self._wait_running(hv, ident)
+
+            dom = rbdsafety.start_exclusively(self, rbdsafety.guarded_disks(self, text), create_and_wait)
             if self.params["monitor_scripts"]:
                 self._wait_scripts(ident)
             self.update_utilization(hv, dom, force=True)
@@ -311,12 +321,17 @@ class VirtualDomain(Agent):
         return Rc.SUCCESS
 
     def _stop_with_libvirt(self, hv: Hypervisor, ident: Identity) -> None:
-        from . import persist, stop
-
         name = ident.name
         dom, state, _reason = self.domain_state(hv, name)
         if dom is None or state == libvirt.VIR_DOMAIN_SHUTOFF:
             return
+        disks = rbdsafety.guarded_disks(self, self.live_xml(hv, dom)) if ident.rbd else []
+        self._stop_domain(hv, dom, name)
+        rbdsafety.after_stop(self, disks)
+
+    def _stop_domain(self, hv: Hypervisor, dom: libvirt.virDomain, name: str) -> None:
+        from . import persist, stop
+
         if self.params["save_config_on_stop"] or self.params["sync_config_on_stop"]:
             persist.save_config(hv, dom, self.params["config"], self.params["sync_config_on_stop"],
                                 self.deadline, self.log)
@@ -358,6 +373,8 @@ class VirtualDomain(Agent):
             dom, state, _reason = self.domain_state(hv, ident.name)
             if dom is None or state == libvirt.VIR_DOMAIN_SHUTOFF:
                 raise OcfError(Rc.ERR_GENERIC, f"{ident.name} is not active locally; cannot migrate it")
+            if ident.rbd:
+                rbdsafety.check_running(self, rbdsafety.guarded_disks(self, self.live_xml(hv, dom)))
             local_uri = hv.uri
             remote = migration.remote_uri(self.params, local_uri, target)
             data = migration.data_uri(self.params, options, target, local_uri)
@@ -400,6 +417,9 @@ class VirtualDomain(Agent):
                     raise OcfError(Rc.ERR_GENERIC, f"{ident.name} did not arrive running here "
                                                    f"(state {state}, reason {reason})")
                 self.deadline.sleep(0.2)
+            if ident.rbd:
+                rbdsafety.check_arrival(self, rbdsafety.guarded_disks(self, self.live_xml(hv, dom)),
+                                        self.env.meta("migrate_source") or "")
             self.update_utilization(hv, dom, force=True)
             self.log.info(f"domain {ident.name} runs here after migration from "
                           f"{self.env.meta('migrate_source') or 'another node'}")

@@ -18,6 +18,7 @@ class Identity(NamedTuple):
     name: str
     uuid: str | None
     source: str  # where we learnt it, for log messages
+    rbd: bool = False  # has RBD disks: worth a Ceph check
 
 
 class ConfigUnreadable(Exception):
@@ -65,7 +66,7 @@ def resolve(config_path: str | None, domain_param: str | None, state: StateFile,
     from_config: Identity | None = None
     if stamp is not None:
         if cached.get("config") == config_path and cached.get("stamp") == stamp:
-            from_config = Identity(cached["name"], cached.get("uuid"), "config (cached)")
+            from_config = Identity(cached["name"], cached.get("uuid"), "config (cached)", cached.get("rbd", False))
         else:
             try:
                 parsed = parse(config_path, read_text(config_path))
@@ -76,9 +77,9 @@ def resolve(config_path: str | None, domain_param: str | None, state: StateFile,
                     raise
                 parsed = None
             if parsed is not None:
-                from_config = Identity(parsed.name, parsed.uuid, "config")
-                state.update(identity={"config": config_path, "stamp": stamp,
-                                       "name": parsed.name, "uuid": parsed.uuid})
+                from_config = Identity(parsed.name, parsed.uuid, "config", parsed.has_rbd)
+                state.update(identity={"config": config_path, "stamp": stamp, "name": parsed.name,
+                                       "uuid": parsed.uuid, "rbd": parsed.has_rbd})
     if domain_param:
         if strict and from_config is not None and from_config.name != domain_param:
             raise OcfError(Rc.ERR_CONFIGURED,
@@ -88,9 +89,11 @@ def resolve(config_path: str | None, domain_param: str | None, state: StateFile,
             uuid = from_config.uuid
         else:
             uuid = cached.get("uuid") if cached.get("name") == domain_param else None
-        return Identity(domain_param, uuid, "domain parameter")
+        rbd = from_config.rbd if from_config is not None else bool(cached.get("rbd"))
+        return Identity(domain_param, uuid, "domain parameter", rbd)
     if from_config is not None:
         return from_config
     if cached.get("name") and cached.get("config") == config_path:
-        return Identity(cached["name"], cached.get("uuid"), "name cached when the config was last readable")
+        return Identity(cached["name"], cached.get("uuid"), "name cached when the config was last readable",
+                        bool(cached.get("rbd")))
     return None

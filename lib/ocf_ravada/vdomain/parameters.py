@@ -11,6 +11,7 @@ import re
 from .. import __version__
 from ..metadata import Action, AgentInfo
 from ..params import Parameter
+from ..rbd.agent_params import RBD_PARAMETERS
 
 SHUTDOWN_MODES = ("acpi", "agent", "initctl", "signal", "paravirt")
 TRANSPORTS = ("ssh", "tcp", "tls", "libssh", "libssh2", "unix", "ext")
@@ -155,7 +156,7 @@ PARAMETERS: tuple[Parameter, ...] = (
     P("start_resources", "Start pools and networks",
       "Start the libvirt storage pools and networks the domain uses (also on the migration "
       "target) before starting or migrating it.", type="boolean", default=False, reloadable=True),
-)
+) + RBD_PARAMETERS
 
 ACTIONS: tuple[Action, ...] = (
     Action("start", 90),

@@ -24,6 +24,7 @@ class DomainConfig(NamedTuple):
     pools: frozenset[str]
     networks: frozenset[str]
     has_guest_agent: bool
+    has_rbd: bool
 
 
 def _memory_kib(element) -> int | None:
@@ -57,6 +58,7 @@ def parse(xml: str | bytes) -> DomainConfig:
     networks = {s.get("network") for s in root.iterfind("devices/interface[@type='network']/source")
                 if s.get("network")}
     agent = any(t.get("name") == GUEST_AGENT_CHANNEL for t in root.iterfind("devices/channel/target"))
+    rbd = any(s.get("protocol") == "rbd" for s in root.iterfind("devices/disk[@type='network']/source"))
     return DomainConfig(
         name=name,
         uuid=(root.findtext("uuid") or "").strip().lower() or None,
@@ -65,4 +67,5 @@ def parse(xml: str | bytes) -> DomainConfig:
         pools=frozenset(pools),
         networks=frozenset(networks),
         has_guest_agent=agent,
+        has_rbd=rbd,
     )
