@@ -14,6 +14,7 @@ class Move:
     vm: str
     source: str | None     # None: the VM is not running now
     target: str
+    gain: float | None = None   # rebalance: how much this move lowered the imbalance
 
 
 @dataclass(frozen=True)
@@ -174,6 +175,6 @@ def plan_rebalance(cluster: Cluster, limits: Limits, max_moves: int, min_gain: f
         state.remove(vm, vm.node)
         state.add(vm, best[2])
         moved.add(vm.name)
-        plan.moves.append(Move(vm.name, vm.node, best[2]))
+        plan.moves.append(Move(vm.name, vm.node, best[2], -best[0]))
     plan.imbalance_after = imbalance(state.spread())
     return plan

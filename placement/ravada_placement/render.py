@@ -14,7 +14,8 @@ def text(plan: Plan) -> str:
     lines = []
     for move in plan.moves:
         source = f"{move.source} -> " if move.source else ""
-        lines.append(f"{move.vm}: {source}{move.target}")
+        gain = f"  (imbalance -{move.gain:.4f})" if move.gain is not None else ""
+        lines.append(f"{move.vm}: {source}{move.target}{gain}")
     for vm, reason in plan.failures.items():
         lines.append(f"{vm}: CANNOT {'MOVE' if plan.kind != 'place' else 'PLACE'}: {reason}")
     if plan.imbalance_before is not None:
@@ -64,7 +65,8 @@ def as_json(plan: Plan, new: list[Location]) -> str:
     return json.dumps({
         "kind": plan.kind,
         "complete": plan.complete,
-        "moves": [{"vm": m.vm, "from": m.source, "to": m.target} for m in plan.moves],
+        "moves": [{"vm": m.vm, "from": m.source, "to": m.target} | ({"gain": m.gain} if m.gain is not None else {})
+                  for m in plan.moves],
         "failures": plan.failures,
         "imbalance_before": plan.imbalance_before,
         "imbalance_after": plan.imbalance_after,

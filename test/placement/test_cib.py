@@ -181,3 +181,18 @@ def test_pcs_and_crm_commands_produce_the_same_constraints_as_the_xml(tmp_path, 
                 for el in etree.parse(str(file)).iter("rsc_location") if el.get("id").startswith("ravada-place-")}
 
     assert ours(path) == ours(expected) and ours(path)
+
+
+def test_standby_and_offline_nodes_take_no_vm(tmp_path):
+    cib = cibgen.live_like_cib(lab_cluster())
+    node = cib.find("configuration/nodes/node[@uname='n2']")
+    attrs = node.find("instance_attributes")
+    etree.SubElement(attrs, "nvpair", id="n2-standby", name="standby", value="on")
+    state = cib.find("status/node_state[@uname='n3']")
+    state.set("crmd", "offline")
+    state.set("in_ccm", "false")
+    state.set("join", "down")
+    proc = run_tool("place", "c1", "--cib", save(cib, tmp_path / "cib.xml"), "--explain", check=True)
+    assert "n2                   excluded: in standby" in proc.stdout
+    assert "n3                   excluded: offline" in proc.stdout
+    assert "c1: n1" in proc.stdout
