@@ -3,23 +3,27 @@ PYTHON    ?= /usr/bin/python3
 DESTDIR   ?=
 PREFIX    ?= /usr
 OCF_ROOT  ?= /usr/lib/ocf
-PYLIBDIR  ?= $(PREFIX)/lib/python3/dist-packages
+# Debian's python3 imports from here whatever PREFIX is.
+PYLIBDIR  ?= /usr/lib/python3/dist-packages
 SBINDIR   ?= $(PREFIX)/sbin
 
 AGENTS    := $(wildcard agents/*)
 COMMANDS  := $(wildcard tools/ravada-* tools/fence_*)
 PYPACKAGES:= lib/ocf_ravada $(wildcard placement/ravada_placement)
 
-.PHONY: all deps install uninstall test test-unit check clean
+.PHONY: all deps install uninstall test test-unit doc bench clean
 all:
-	@echo "targets: deps install test test-unit demo demo-down bench"
+	@echo "targets: deps install test test-unit demo demo-down doc bench"
 
 deps:
 	tools/install-deps
 
 install:
 	install -d $(DESTDIR)$(OCF_ROOT)/resource.d/ravada $(DESTDIR)$(PYLIBDIR) $(DESTDIR)$(SBINDIR)
-	for a in $(AGENTS); do install -m 0755 $$a $(DESTDIR)$(OCF_ROOT)/resource.d/ravada/; done
+	for a in $(AGENTS); do \
+	    sed -e 's|^LIBRARY_DIR = .*|LIBRARY_DIR = "$(PYLIBDIR)"|' $$a > $(DESTDIR)$(OCF_ROOT)/resource.d/ravada/$$(basename $$a); \
+	    chmod 0755 $(DESTDIR)$(OCF_ROOT)/resource.d/ravada/$$(basename $$a); \
+	done
 	for c in $(COMMANDS); do install -m 0755 $$c $(DESTDIR)$(SBINDIR)/; done
 	for p in $(PYPACKAGES); do \
 	    (cd $$(dirname $$p) && find $$(basename $$p) -name '*.py' -o -name '*.rng' -o -name '*.xml' \
@@ -31,12 +35,22 @@ uninstall:
 	for c in $(COMMANDS); do rm -f $(DESTDIR)$(SBINDIR)/$$(basename $$c); done
 	for p in $(PYPACKAGES); do rm -rf $(DESTDIR)$(PYLIBDIR)/$$(basename $$p); done
 
-# The README's test command: installs what is missing, then every test, real stacks included.
-test: deps
+# The README's test command: installs what is missing (the lab's nodes run the installed
+# agents and fence agents), then every test, real stacks included.
+test: deps install
 	$(PYTHON) -m pytest test
 
 test-unit:
 	$(PYTHON) -m pytest test/unit
+
+doc:
+	tools/metadata-to-markdown agents/VirtualDomain --update README.md
+
+bench:
+	bench/monitor
+	bench/placement
+	bench/rbd-failover
+	bench/failover
 
 clean:
 	find . -name __pycache__ -prune -exec rm -rf {} +
