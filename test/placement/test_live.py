@@ -3,8 +3,7 @@ private namespaces (minicluster.py), with ocf:pacemaker:Dummy resources carrying
 utilization.  Pacemaker must actually start and move them where the plan says."""
 from __future__ import annotations
 
-import shutil
-
+import psutil
 import pytest
 from lxml import etree
 
@@ -18,9 +17,7 @@ NODE_SIZE = {"pnode1": (12, 16384), "pnode2": (12, 16384)}
 
 @pytest.fixture(scope="module")
 def cluster():
-    require_tools("corosync", "pacemakerd", "cibadmin", "crm_mon", "crm_diff", "unshare", "nsenter")
-    if shutil.which("ip") is None:
-        require_tools("ip")
+    require_tools("corosync", "pacemakerd", "cibadmin", "crm_mon", "crm_diff", "unshare", "nsenter", "ip")
     mini = MiniCluster(2)
     mini.start()
     try:
@@ -140,3 +137,25 @@ def test_clear_removes_only_our_constraints(cluster):
     assert our_constraints(cluster) == {}
     constraints = cluster.run(["cibadmin", "--query", "--scope", "constraints"]).stdout
     assert 'id="admin-keep"' in constraints
+
+
+def test_nodeinfo_publishes_into_the_live_cib(cluster):
+    """ocf:ravada:nodeinfo run as pacemaker-execd runs it, writing through the live CIB
+    and attrd (no libvirtd in this cluster: it publishes what psutil measures)."""
+    agent = str(TOOL.parent.parent / "agents" / "nodeinfo")
+    env = {"OCF_RESKEY_crm_feature_set": "3.16.2", "OCF_RESKEY_CRM_meta_on_node": "pnode2",
+           "OCF_RESOURCE_INSTANCE": "nodeinfo:1", "OCF_RESKEY_reserve_memory": "256",
+           "OCF_RESKEY_cpu_ratio": "8", "OCF_RESKEY_storage_paths": "/tmp",
+           "OCF_RESKEY_hypervisor": "qemu:///system?socket=/nonexistent/libvirt-sock"}
+    started = cluster.run(["/usr/bin/python3", agent, "start"], env=env, check=False)
+    assert started.returncode == 0, started.stderr
+
+    def query(name: str, *extra: str) -> int:
+        return int(cluster.run(["crm_attribute", "--node", "pnode2", "--name", name, "--query", "--quiet",
+                                *extra]).stdout.strip())
+
+    assert query("hv_memory", "--utilization") == psutil.virtual_memory().total // 2**20 - 256
+    assert query("cpu", "--utilization") == psutil.cpu_count() * 8
+    assert query("ravada-cpus", "--lifetime", "reboot") == psutil.cpu_count()
+    assert query("ravada-storage-full", "--lifetime", "reboot") in (0, 1)
+    assert cluster.run(["/usr/bin/python3", agent, "stop"], env=env, check=False).returncode == 0
