@@ -7,8 +7,9 @@ import psutil
 import pytest
 from lxml import etree
 
-from placement_helpers import TOOL, require_tools
 from minicluster import MiniCluster
+from placement_helpers import TOOL
+from support.stack import require_stack
 
 pytestmark = pytest.mark.slow
 
@@ -17,7 +18,8 @@ NODE_SIZE = {"pnode1": (12, 16384), "pnode2": (12, 16384)}
 
 @pytest.fixture(scope="module")
 def cluster():
-    require_tools("corosync", "pacemakerd", "cibadmin", "crm_mon", "crm_diff", "unshare", "nsenter", "ip")
+    require_stack("a real Pacemaker cluster", "corosync", "pacemakerd", "cibadmin", "crm_mon", "crm_diff",
+                  "unshare", "nsenter", "ip")
     mini = MiniCluster(2)
     mini.start()
     try:
