@@ -46,3 +46,11 @@ class Deadline:
 
     def sleep(self, seconds: float) -> None:
         time.sleep(self.bounded(seconds))
+
+    def pause(self, seconds: float) -> bool:
+        """Sleep between two polls; False (without sleeping) when too little time would be
+        left afterwards for another poll, so loops end with their own reason."""
+        if self.remaining() < seconds + 0.5:
+            return False
+        time.sleep(seconds)
+        return True

@@ -271,10 +271,9 @@ class VirtualDomain(Agent):
                 return dom
             if dom is not None and state != libvirt.VIR_DOMAIN_SHUTOFF:
                 self.running_rc(ident.name, state, reason)  # raises on crashed / I/O error
-            if self.deadline.expired():
+            if not self.deadline.pause(0.2):
                 raise OcfError(Rc.ERR_GENERIC, f"domain {ident.name} is not running after start "
                                                f"(state {state}, reason {reason})")
-            self.deadline.sleep(0.2)
 
     def _wait_scripts(self, ident: Identity) -> None:
         from . import checks
@@ -285,10 +284,9 @@ class VirtualDomain(Agent):
                                    self.params["monitor_scripts_timeout"], self.deadline)
                 return
             except OcfError as err:
-                if self.deadline.remaining() < 1:
+                if not self.deadline.pause(1):
                     raise OcfError(Rc.ERR_GENERIC, f"started, but monitor scripts never passed: {err.reason}") from None
                 self.log.info(f"waiting for monitor scripts: {err.reason}")
-                self.deadline.sleep(1)
 
     # -- stop ------------------------------------------------------------------------
 
@@ -413,10 +411,9 @@ class VirtualDomain(Agent):
                 # During the incoming migration the domain is paused (reason: migration).
                 if dom is not None and state == libvirt.VIR_DOMAIN_RUNNING:
                     break
-                if self.deadline.expired():
+                if not self.deadline.pause(0.2):
                     raise OcfError(Rc.ERR_GENERIC, f"{ident.name} did not arrive running here "
                                                    f"(state {state}, reason {reason})")
-                self.deadline.sleep(0.2)
             if ident.rbd:
                 rbdsafety.check_arrival(self, rbdsafety.guarded_disks(self, self.live_xml(hv, dom)),
                                         self.env.meta("migrate_source") or "")

@@ -44,9 +44,8 @@ def wait_down(hv: Hypervisor, name: str, until: Deadline) -> bool:
     while True:
         if is_down(hv, name):
             return True
-        if until.expired():
+        if not until.pause(POLL):
             return False
-        until.sleep(POLL)
 
 
 def graceful_shutdown(hv: Hypervisor, dom: libvirt.virDomain, name: str, modes: list[str],
@@ -125,6 +124,5 @@ def verify_no_qemu(identity: Identity, deadline: Deadline) -> None:
     from ..virt import qemuproc
 
     while qemuproc.find(identity.name, identity.uuid):
-        if deadline.expired():
+        if not deadline.pause(POLL):
             raise OcfError(Rc.ERR_GENERIC, f"{identity.name} is shut off but its QEMU process is still alive")
-        deadline.sleep(POLL)
