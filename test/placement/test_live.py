@@ -11,7 +11,7 @@ from minicluster import MiniCluster
 from placement_helpers import TOOL
 from support.stack import require_stack
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.pacemaker]
 
 NODE_SIZE = {"pnode1": (12, 16384), "pnode2": (12, 16384)}
 
