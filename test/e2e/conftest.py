@@ -7,6 +7,7 @@ each node's libvirtd through its private socket.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from dataclasses import dataclass
@@ -16,13 +17,15 @@ import pytest
 
 from ocf_ravada.lab import lifecycle, vms
 from ocf_ravada.lab.cluster import ClusterView, observe, wait_until
-from ocf_ravada.lab.layout import LabLayout
+from ocf_ravada.lab.layout import DEFAULT_ROOT, LabLayout
 from ocf_ravada.lab.state import LabState, node_run
 from support.stack import require_stack
 
 TOP = Path(__file__).resolve().parents[2]
 RAVADA_LAB = [str(TOP / "tools" / "ravada-lab")]
-LAB_NAME = "e2e"
+# Per-session names: two test sessions on one host (a developer and CI) never share a lab.
+SESSION = f"{os.getpid() % 100000}"
+LAB_NAME = f"e2e-{SESSION}"
 NODES = 3
 SETTLE_TIMEOUT = 90.0
 
@@ -101,6 +104,18 @@ class Lab:
         return [dict(e.attrib) for e in etree.fromstring(out.encode()).iter("fence_event")]
 
 
+def remove_stale_test_labs() -> None:
+    """Labs of killed test sessions (their controller is gone); live ones are someone's run."""
+    if not DEFAULT_ROOT.is_dir():
+        return
+    for directory in DEFAULT_ROOT.glob("e2e-*"):
+        layout = LabLayout.for_lab(directory.name)
+        # Age guard: a lab being created by another session has no controller for a moment.
+        recent = time.time() - directory.stat().st_mtime < 120
+        if not recent and not lifecycle.is_up(layout):
+            lifecycle.down(layout, progress=lambda _m: None)
+
+
 @pytest.fixture(scope="session")
 def installed() -> None:
     """The stack is there and the tree's agents and tools are where Pacemaker looks."""
@@ -109,17 +124,32 @@ def installed() -> None:
 
 
 @pytest.fixture(scope="session")
-def lab(installed):
+def lab(installed, request):
+    remove_stale_test_labs()
     layout = LabLayout.for_lab(LAB_NAME)
-    lifecycle.down(layout, progress=lambda _m: None)  # leftovers of an interrupted run
     started = time.monotonic()
     run_cli("up", "--nodes", str(NODES), "--name", LAB_NAME)
     print(f"\nlab {LAB_NAME!r} up in {time.monotonic() - started:.1f}s")
     try:
         yield Lab(layout)
     finally:
+        if request.session.testsfailed:
+            keep_logs(layout)
         run_cli("down", "--name", LAB_NAME, check=False)
         lifecycle.down(layout, progress=lambda _m: None)
+
+
+def keep_logs(layout: LabLayout) -> None:
+    """The lab directory goes with the lab: save what explains a failure first."""
+    import shutil
+    import tempfile
+    target = Path(tempfile.mkdtemp(prefix=f"ravada-lab-{layout.name}-"))
+    for log in [layout.controller_log, *layout.root.glob("nodes/*/console/*"),
+                *layout.root.glob("nodes/*/fs/var-log-*/*.log")]:
+        relative = log.relative_to(layout.root)
+        (target / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(log, target / relative)
+    print(f"\nlab logs kept in {target}")
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from ocf_ravada.lab import procs
 from ocf_ravada.lab.layout import BRIDGE, LabLayout
 from ocf_ravada.lab.state import LabState
 
-from conftest import RAVADA_LAB, run_cli
+from conftest import RAVADA_LAB, SESSION, run_cli
 
 pytestmark = pytest.mark.lab
 
@@ -50,7 +50,7 @@ def clean_host(installed):
 
 
 def test_down_leaves_nothing_behind(clean_host):
-    name = "e2e-down"
+    name = f"e2e-{SESSION}-d"
     layout = LabLayout.for_lab(name)
     run_cli("down", "--name", name, check=False)
     run_cli("up", "--nodes", "2", "--name", name)
@@ -80,7 +80,7 @@ def test_down_leaves_nothing_behind(clean_host):
 
 
 def test_interrupted_up_cleans_up(clean_host):
-    name = "e2e-int"
+    name = f"e2e-{SESSION}-i"
     layout = LabLayout.for_lab(name)
     up = subprocess.Popen(RAVADA_LAB + ["up", "--nodes", "2", "--name", name],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -77,8 +77,7 @@ class Controller:
             self.save()
             return node.describe()
 
-    @staticmethod
-    def _node_op(op: str, node: Node) -> None:
+    def _node_op(self, op: str, node: Node) -> None:
         if op == "on":
             node.power_on()
         elif op == "off":
@@ -91,6 +90,9 @@ class Controller:
             except LabError as e:
                 print(f"controller: {node.layout.name} fenced but did not boot: {e}",
                       file=sys.stderr, flush=True)
+                self.power_log.append({"node": node.layout.name, "op": "boot-failed",
+                                       "at": time.time(), "client": "controller",
+                                       "error": str(e)})
         elif op == "freeze":
             node.freeze()
         elif op == "thaw":

@@ -15,7 +15,7 @@ import ocf_ravada
 from . import configs, procs
 from .cluster import ClusterView, wait_until
 from .errors import LabError
-from .layout import LabLayout
+from .layout import PRIVATE_DIRS, LabLayout
 from .node import PYTHON, write_node_files
 from .protocol import request
 from .state import LabState, node_run
@@ -42,6 +42,10 @@ def preflight(lab: LabLayout) -> None:
     missing = [c for c in NEEDED_COMMANDS if shutil.which(c) is None]
     if missing:
         raise LabError(f"missing commands: {', '.join(missing)} (run tools/install-deps)")
+    absent = [d for d in PRIVATE_DIRS if not os.path.isdir(d)]
+    if absent:
+        raise LabError(f"missing {', '.join(absent)} (each node mounts its own copy over them; "
+                       "install the packages with tools/install-deps)")
     if not FENCE_AGENT.exists():
         raise LabError(f"{FENCE_AGENT} is not installed; Pacemaker's fencer only finds fence "
                        "agents there (run `make install`)")
