@@ -1,11 +1,8 @@
 """ocf:ravada:nodeinfo without daemons: what it publishes, when it writes, its OCF contract."""
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,16 +12,8 @@ AGENT = Path(__file__).resolve().parents[2] / "agents" / "nodeinfo"
 NO_LIBVIRT = "qemu:///system?socket=/nonexistent/libvirt-sock"
 
 
-def load_agent():
-    loader = importlib.machinery.SourceFileLoader("nodeinfo_agent", str(AGENT))
-    spec = importlib.util.spec_from_loader("nodeinfo_agent", loader)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["nodeinfo_agent"] = module    # dataclasses look their module up there
-    loader.exec_module(module)
-    return module
+from ocf_ravada import nodeinfo  # noqa: E402
 
-
-nodeinfo = load_agent()
 DEFAULTS = {p.name: p.default for p in nodeinfo.PARAMETERS}
 
 
