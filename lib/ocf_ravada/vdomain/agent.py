@@ -5,6 +5,7 @@ stop, persist, checks, resources) are imported inside those actions.
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import Callable, Mapping
 
@@ -40,7 +41,7 @@ class VirtualDomain(Agent):
 
     # -- shared pieces ---------------------------------------------------------------
 
-    @property
+    @functools.cached_property
     def state(self) -> StateFile:
         return StateFile(self.env.rsc_tmp, "VirtualDomain", self.env.resource)
 
@@ -111,8 +112,6 @@ class VirtualDomain(Agent):
             raise OcfError(Rc.ERR_CONFIGURED, "stateless needs backingfile")
         if p["copyindirs"] and not p["stateless"]:
             raise OcfError(Rc.ERR_CONFIGURED, "copyindirs needs stateless")
-        if p["sync_config_on_stop"] and p["config"] and not os.path.isabs(p["config"]):
-            raise OcfError(Rc.ERR_CONFIGURED, "config must be an absolute path")
         options = migration.parse_options(p["migrate_options"])
         if p["postcopy"] and options.flags & libvirt.VIR_MIGRATE_TUNNELLED:
             raise OcfError(Rc.ERR_CONFIGURED, "postcopy cannot be used with --tunnelled migration")
