@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 from . import lifecycle
@@ -105,6 +106,10 @@ def _status_text(lab: LabLayout) -> str:
         daemons = " ".join(f"{d}:{p}" for d, p in sorted(info.get("daemons", {}).items()))
         lines.append(f"  {name:7} {info['address']:12} power {info['power']:3} "
                      f"{' '.join(flags):11} {daemons}")
+    for event in state.data.get("power_log", [])[-5:]:
+        when = time.strftime("%H:%M:%S", time.localtime(event["at"]))
+        error = f": {event['error']}" if event.get("error") else ""
+        lines.append(f"  power: {when} {event['node']} {event['op']} by {event['client']}{error}")
     try:
         view = observe(state)
         lines.append(f"  cluster: DC {view.dc or 'none'}, online {', '.join(sorted(view.online))}")

@@ -26,6 +26,8 @@ from .protocol import LAB_OPS, NODE_OPS
 
 
 POWER_LOG_SIZE = 200
+# Seconds between the off and the on of a reboot (see _node_op).
+REBOOT_DELAY = 3.0
 
 
 class Controller:
@@ -33,9 +35,11 @@ class Controller:
         self.lab = lab
         self.nodes = {n.name: Node(lab, n) for n in lab.nodes(count)}
         self.lock = threading.Lock()
-        self.stopping = threading.Event()
+        self.stopping = threading.Event()  # shutdown begun: no more boots
+        self.stopped = threading.Event()  # every node off: the process may exit
         # Who switched which node off/on and when: the evidence that fencing really happened.
         self.power_log: list[dict] = []
+        self._power_tickets: dict[str, object] = {}  # node -> its pending delayed boot
 
     def build_switch(self) -> None:
         run(["ip", "link", "set", "lo", "up"])
@@ -69,6 +73,8 @@ class Controller:
             raise LabError(f"no node {name!r} in lab {self.lab.name!r}; "
                            f"nodes: {', '.join(self.nodes)}")
         with self.lock:
+            if op in ("on", "off"):
+                self._power_tickets.pop(node.layout.name, None)
             self._node_op(op, node)
             if op in ("on", "off", "reboot"):
                 self.power_log.append({"node": node.layout.name, "op": op, "at": time.time(),
@@ -83,22 +89,36 @@ class Controller:
         elif op == "off":
             node.power_off()
         elif op == "reboot":
+            # Off is what makes the node safe: the fencing succeeds there.  The node boots a
+            # little later, like a real machine after its POST: if its Pacemaker joined before
+            # the cluster had heard of the fencing, it would take the news for its own death
+            # ("We were allegedly just fenced") and stop for good.
             node.power_off()
-            # Off is what makes the node safe, so a boot failure does not fail the fencing.
-            try:
-                node.power_on()
-            except LabError as e:
-                print(f"controller: {node.layout.name} fenced but did not boot: {e}",
-                      file=sys.stderr, flush=True)
-                self.power_log.append({"node": node.layout.name, "op": "boot-failed",
-                                       "at": time.time(), "client": "controller",
-                                       "error": str(e)})
+            ticket = self._power_tickets[node.layout.name] = object()
+            threading.Thread(target=self._boot_later, args=(node, ticket), daemon=True).start()
         elif op == "freeze":
             node.freeze()
         elif op == "thaw":
             node.thaw()
         elif op in ("cut", "heal"):
             node.set_cut(op == "cut")
+
+    def _boot_later(self, node: Node, ticket: object) -> None:
+        time.sleep(REBOOT_DELAY)
+        with self.lock:
+            # Any power operation since the reboot (a `kill`, an `on`) replaced its ticket.
+            if self._power_tickets.get(node.layout.name) is not ticket or self.stopping.is_set():
+                return
+            try:
+                node.power_on()
+                self.power_log.append({"node": node.layout.name, "op": "on", "at": time.time(),
+                                       "client": "reboot"})
+            except LabError as e:
+                print(f"controller: {node.layout.name} fenced but did not boot: {e}",
+                      file=sys.stderr, flush=True)
+                self.power_log.append({"node": node.layout.name, "op": "boot-failed",
+                                       "at": time.time(), "client": "reboot", "error": str(e)})
+            self.save()
 
     def state(self) -> dict:
         return {
@@ -115,11 +135,12 @@ class Controller:
         tmp.replace(self.lab.state_file)
 
     def shutdown(self) -> None:
+        self.stopping.set()  # before the lock: no delayed reboot may boot a node any more
         with self.lock:
             for node in self.nodes.values():
                 node.power_off()
             self.save()
-        self.stopping.set()
+        self.stopped.set()
 
 
 class _Handler(socketserver.StreamRequestHandler):
@@ -164,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     threading.Thread(target=server.serve_forever, daemon=True).start()
     print(f"controller {os.getpid()} ready", flush=True)
-    controller.stopping.wait()
+    controller.stopped.wait()
     # Let the shutdown request's answer reach the client before the socket goes.
     time.sleep(0.2)
     server.server_close()
