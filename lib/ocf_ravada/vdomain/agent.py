@@ -167,26 +167,42 @@ class VirtualDomain(Agent):
         except LibvirtUnavailable as err:
             return self._check_without_libvirt(ident, err)
         try:
-            dom, state, reason = self.domain_state(hv, ident.name)
+            dom = hv.lookup(ident.name)
+            if dom is None:
+                return Rc.NOT_RUNNING
+            # One call gives the state and the sizes utilization needs; the reason only
+            # matters for a paused domain.
+            try:
+                state, max_mem, _mem, vcpus, _cpu = hv.call(f"reading the state of {ident.name}", dom.info)
+                reason = hv.call("reading the pause reason", dom.state)[1] if state == libvirt.VIR_DOMAIN_PAUSED else 0
+            except libvirt.libvirtError as err:
+                if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    return Rc.NOT_RUNNING
+                raise
             rc = self.running_rc(ident.name, state, reason)
             if rc != Rc.SUCCESS:
                 return rc
-            if level >= 10 and not self.is_probe:
-                from . import checks
-
-                checks.guest_agent_ping(hv, dom, ident.name, self.deadline)
-            if level >= 20 and not self.is_probe and self.params["monitor_scripts"]:
-                checks.run_scripts(self.params["monitor_scripts"], ident.name,
-                                   self.params["monitor_scripts_timeout"], self.deadline)
             if ident.rbd and not self.is_probe and self.action == "monitor":
+                # At every level: a second writer must be caught by the default monitor.
                 rbdsafety.check_running(self, rbdsafety.guarded_disks(self, self.live_xml(hv, dom)))
+            if level >= 10 and not self.is_probe:
+                self._deep_checks(hv, dom, ident, level)
             if with_utilization:
-                self.update_utilization(hv, dom)
+                utilization.update(self.env, self.params, self.state, vcpus, max_mem, self.deadline, self.log)
             return Rc.SUCCESS
         except LibvirtUnavailable as err:
             return self._check_without_libvirt(ident, err)
         finally:
             hv.close()
+
+    def _deep_checks(self, hv: Hypervisor, dom: libvirt.virDomain, ident: Identity, level: int) -> None:
+        """Level 10: the guest agent answers; level 20: also the admin's scripts pass."""
+        from . import checks
+
+        checks.guest_agent_ping(hv, dom, ident.name, self.deadline)
+        if level >= 20 and self.params["monitor_scripts"]:
+            checks.run_scripts(self.params["monitor_scripts"], ident.name,
+                               self.params["monitor_scripts_timeout"], self.deadline)
 
     def _check_without_libvirt(self, ident: Identity, err: LibvirtUnavailable) -> int:
         from ..virt import qemuproc  # psutil: only when libvirt is not there
