@@ -113,7 +113,7 @@ class Controller:
                 node.power_on()
                 self.power_log.append({"node": node.layout.name, "op": "on", "at": time.time(),
                                        "client": "reboot"})
-            except LabError as e:
+            except Exception as e:  # noqa: BLE001 - any cause is recorded for `status`
                 print(f"controller: {node.layout.name} fenced but did not boot: {e}",
                       file=sys.stderr, flush=True)
                 self.power_log.append({"node": node.layout.name, "op": "boot-failed",

@@ -120,12 +120,9 @@ class Node:
         if self.holder is not None:
             procs.signal_all([self.holder], signal.SIGKILL)
         if self.namespaces is not None:
-            # Anything that joined only the node's network namespace dies too — except the
-            # launching `unshare` (it made the netns, so it is in it): it must live to reap the
-            # holder, or the holder would become an orphan zombie.
-            launcher = {self.launcher.pid} if self.launcher else set()
-            procs.signal_all([p for p in procs.members(self.namespaces) if p not in launcher],
-                             signal.SIGKILL)
+            # Anything that joined only the node's network namespace dies too.
+            procs.signal_all([p for p in procs.members(self.namespaces)
+                              if p not in self._machinery()], signal.SIGKILL)
             self._reap()
             left = procs.wait_gone(self.namespaces, OFF_TIMEOUT)
             if left:
@@ -135,6 +132,11 @@ class Node:
         self.namespaces = None
         self.frozen = False
         self.cut = False
+
+    def _machinery(self) -> frozenset[int]:
+        """The launching `unshare`: in the node's netns (it made it) but not part of the node —
+        it must stay able to reap the holder, or the holder would become an orphan zombie."""
+        return frozenset({self.launcher.pid}) if self.launcher else frozenset()
 
     def _reap(self) -> None:
         if self.launcher is not None:
@@ -212,13 +214,13 @@ class Node:
     def freeze(self) -> None:
         self._require_power()
         assert self.namespaces is not None
-        procs.stop_all(self.namespaces)
+        procs.stop_all(self.namespaces, spare=self._machinery())
         self.frozen = True
 
     def thaw(self) -> None:
         self._require_power()
         assert self.namespaces is not None
-        procs.continue_all(self.namespaces)
+        procs.continue_all(self.namespaces)  # the spared launcher does not mind a SIGCONT
         self.frozen = False
 
     def set_cut(self, cut: bool) -> None:

@@ -64,11 +64,13 @@ def signal_all(pids: list[int], sig: int) -> None:
             pass
 
 
-def stop_all(ns: NamespaceIds) -> int:
-    """SIGSTOP every member, again and again until a pass finds none running (forks race us)."""
+def stop_all(ns: NamespaceIds, spare: frozenset[int] = frozenset()) -> int:
+    """SIGSTOP every member but `spare`, again and again until a pass finds none running
+    (forks race us)."""
     stopped: set[int] = set()
     for _ in range(20):
-        running = [p for p in members(ns) if process_state(p) not in ("T", "t")]
+        running = [p for p in members(ns)
+                   if p not in spare and process_state(p) not in ("T", "t")]
         if not running:
             return len(stopped)
         signal_all(running, signal.SIGSTOP)
