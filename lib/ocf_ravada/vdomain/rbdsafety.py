@@ -74,18 +74,24 @@ def check_arrival(agent, disks: list, source: str) -> None:
         raise OcfError(Rc.ERR_GENERIC, result.reason)
 
 
+def _advisory(agent, what: str, ask: Callable[[object], T]) -> T | None:
+    """ask(guard), or None with a warning when Ceph cannot answer: for checks whose failure
+    says nothing about the VM itself."""
+    try:
+        with _guard(agent) as guard:
+            return ask(guard)
+    except OcfError as err:
+        agent.log.warning(f"{what}: {err.reason}")
+        return None
+
+
 def check_running(agent, disks: list) -> None:
     """Monitor: another node's client on our running VM's disks is a split brain."""
     if not disks:
         return
-    try:
-        with _guard(agent) as guard:
-            check = guard.check_running(disks)
-    except OcfError as err:
-        # Ceph unreachable says nothing about this VM; restarting it elsewhere would not help.
-        agent.log.warning(f"RBD disks not checked: {err.reason}")
-        return
-    if not check.ok:
+    # Ceph unreachable says nothing about this VM; restarting it elsewhere would not help.
+    check = _advisory(agent, "RBD disks not checked", lambda guard: guard.check_running(disks))
+    if check is not None and not check.ok:
         agent.log.error(f"{check.reason} — failing the monitor so Pacemaker recovers")
         raise OcfError(Rc.ERR_GENERIC, check.reason)
 
@@ -94,12 +100,8 @@ def after_stop(agent, disks: list) -> None:
     """The VM is down: make sure nothing of this node still holds its disks."""
     if not disks:
         return
-    try:
-        with _guard(agent) as guard:
-            result = guard.after_stop(disks, agent.deadline)
-    except OcfError as err:
-        # libvirt confirmed QEMU is gone; a blocklist we could not add does not change that.
-        agent.log.warning(f"RBD clean-up after stop incomplete: {err.reason}")
-        return
-    if result.actions:
+    # libvirt confirmed QEMU is gone; a blocklist we could not add does not change that.
+    result = _advisory(agent, "RBD clean-up after stop incomplete",
+                       lambda guard: guard.after_stop(disks, agent.deadline))
+    if result is not None and result.actions:
         agent.log.warning(f"RBD clean-up after stop: {result.reason}")
