@@ -23,6 +23,8 @@ def assert_arrived_live(lab, watch: QemuWatch, vm: str, source: str, target: str
     seen = watch.nodes_of(vm)
     assert seen, "no sample taken"
     assert all(seen), f"{vm} had no QEMU process anywhere at some point: it stopped"
+    # A live migration runs the incoming QEMU on the target beside the source's.
+    assert sorted([source, target]) in seen, f"{vm} never had QEMU on {source} and {target}"
     assert seen[-1] == [target], f"{vm} QEMU ends on {seen[-1]}, expected only {target}"
     # libvirt on the target knows how the domain got there: by migration, not a boot.
     assert domain_state(lab, target, vm) == (libvirt.VIR_DOMAIN_RUNNING,
