@@ -6,7 +6,7 @@ import uuid
 
 from lxml import etree
 
-from .layout import SUBNET, LabLayout, NodeLayout
+from .layout import LabLayout, NodeLayout
 
 # Lab timings: a lost node is detected within ~TOKEN_MS (production uses 3000+ ms; a lab on one
 # host has no real network jitter, so it can afford a short token and stay stable).
@@ -112,7 +112,3 @@ def seed_cib() -> bytes:
         etree.SubElement(configuration, section)
     etree.SubElement(cib, "status")
     return etree.tostring(cib, pretty_print=True)
-
-
-def network_prefix() -> int:
-    return SUBNET.prefixlen

@@ -8,7 +8,6 @@ import statistics
 import sys
 import time
 from datetime import datetime
-from pathlib import Path
 
 from . import lifecycle
 from .cluster import wait_until

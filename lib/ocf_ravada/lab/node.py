@@ -17,7 +17,7 @@ import psutil
 
 from . import configs, procs
 from .errors import LabError
-from .layout import BRIDGE, NODE_IFACE, PRIVATE_DIRS, LabLayout, NodeLayout
+from .layout import BRIDGE, NODE_IFACE, PRIVATE_DIRS, SUBNET, LabLayout, NodeLayout
 
 PYTHON = "/usr/bin/python3"
 HOLDER = str(Path(__file__).with_name("holder.py"))
@@ -180,7 +180,7 @@ class Node:
              "netns", str(self.holder)])
         run(["ip", "link", "set", port, "master", BRIDGE, "up"])
         inside = ["nsenter", "-t", str(self.holder), "-n", "--", "ip"]
-        run(inside + ["addr", "add", f"{self.layout.address}/{configs.network_prefix()}",
+        run(inside + ["addr", "add", f"{self.layout.address}/{SUBNET.prefixlen}",
                       "dev", NODE_IFACE])
         run(inside + ["link", "set", NODE_IFACE, "up"])
 
