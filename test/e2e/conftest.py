@@ -128,12 +128,13 @@ def lab(installed, request):
     remove_stale_test_labs()
     layout = LabLayout.for_lab(LAB_NAME)
     started = time.monotonic()
+    failed_before = request.session.testsfailed
     run_cli("up", "--nodes", str(NODES), "--name", LAB_NAME)
     print(f"\nlab {LAB_NAME!r} up in {time.monotonic() - started:.1f}s")
     try:
         yield Lab(layout)
     finally:
-        if request.session.testsfailed:
+        if request.session.testsfailed > failed_before:
             keep_logs(layout)
         run_cli("down", "--name", LAB_NAME, check=False)
         lifecycle.down(layout, progress=lambda _m: None)
