@@ -6,7 +6,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import ocf_ravada
 from . import configs, procs
 from .cluster import ClusterView, wait_until
 from .errors import LabError
-from .layout import PRIVATE_DIRS, LabLayout
+from .layout import DEFAULT_ROOT, PRIVATE_DIRS, LabLayout
 from .node import PYTHON, write_node_files
 from .protocol import request
 from .state import LabState, node_run
@@ -87,8 +86,9 @@ def configure_fencing(state: LabState) -> None:
     """Production-like: stonith-enabled with a real fence device covering every node."""
     first = state.node_names[0]
     hosts = " ".join(state.node_names)
+    where = [] if state.lab.root.parent == DEFAULT_ROOT else [f"lab_root={state.lab.root.parent}"]
     node_run(state, first, ["pcs", "stonith", "create", FENCE_DEVICE, "fence_ravada_lab",
-                            f"lab={state.lab.name}", f"pcmk_host_list={hosts}",
+                            f"lab={state.lab.name}", *where, f"pcmk_host_list={hosts}",
                             "op", "monitor", "interval=60s"])
     node_run(state, first, ["pcs", "property", "set", "stonith-enabled=true"])
     node_run(state, first, ["pcs", "resource", "defaults", "update", "resource-stickiness=100"])
@@ -188,7 +188,3 @@ def _mounts_under(root: Path) -> list[str]:
     prefix = str(root.resolve()) + "/"
     targets = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
     return [t for t in targets if t.startswith(prefix) or t == prefix[:-1]]
-
-
-def warn(message: str) -> None:
-    print(f"ravada-lab: {message}", file=sys.stderr)
