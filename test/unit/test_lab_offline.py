@@ -3,7 +3,6 @@
 (They live next to the e2e tests because they test the same component; no `lab` marker.)
 """
 
-import io
 import subprocess
 from pathlib import Path
 
@@ -40,15 +39,6 @@ def test_fence_metadata_declares_fence_agent_interface():
 def test_fence_metadata_from_stdin_like_pacemaker():
     result = run(FENCE, "action=metadata\n")
     assert result.returncode == 0 and "<resource-agent" in result.stdout
-
-
-def test_fence_stdin_options_are_key_value_lines():
-    options = fence.options_from_stdin(io.StringIO(
-        "action=off\nport=node2\nnodename=node2\n\npcmk_host_list=node1 node2\n"))
-    assert options == {"action": "off", "port": "node2", "nodename": "node2",
-                       "pcmk_host_list": "node1 node2"}
-    with pytest.raises(LabError, match="expected key=value"):
-        fence.options_from_stdin(io.StringIO("off\n"))
 
 
 @pytest.mark.parametrize("stdin, message", [
@@ -119,4 +109,4 @@ def test_fencing_template_fits_a_valid_cib():
     cib.find("configuration/resources").append(template)
     schema = etree.RelaxNG(file=str(PACEMAKER_SCHEMA))
     assert schema.validate(cib), schema.error_log
-    assert template.get("type") == fence.AGENT
+    assert template.get("type") == fence.AGENT.name
