@@ -11,7 +11,7 @@ from ocf_ravada.lab import procs
 from ocf_ravada.lab.layout import BRIDGE, LabLayout
 from ocf_ravada.lab.state import LabState
 
-from conftest import RAVADA_LAB, SESSION, run_cli
+from lab_support import RAVADA_LAB, SESSION, run_cli
 
 pytestmark = pytest.mark.lab
 

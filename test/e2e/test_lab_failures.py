@@ -8,7 +8,7 @@ import pytest
 
 from ocf_ravada.lab import procs, vms
 
-from conftest import QemuWatch
+from lab_support import QemuWatch
 
 pytestmark = pytest.mark.lab
 

@@ -5,7 +5,7 @@ import pytest
 
 from ocf_ravada.lab import vms
 
-from conftest import QemuWatch
+from lab_support import QemuWatch
 
 pytestmark = pytest.mark.lab
 

@@ -1,0 +1,192 @@
+"""One real 3-node lab (corosync + Pacemaker + libvirtd + QEMU per node) for the whole session,
+and the helpers the end-to-end tests share (a module of its own: `conftest` is not a unique
+module name once the whole test tree is collected).
+
+The lab is driven through its command line (`tools/ravada-lab`) the way an admin would, and
+observed from the host: crm_mon XML inside a node, QEMU processes found by namespace membership,
+each node's libvirtd through its private socket.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from ocf_ravada.lab import lifecycle, vms
+from ocf_ravada.lab.cluster import ClusterView, observe, wait_until
+from ocf_ravada.lab.layout import DEFAULT_ROOT, LabLayout
+from ocf_ravada.lab.state import LabState, node_run
+from support.stack import require_stack
+
+TOP = Path(__file__).resolve().parents[2]
+RAVADA_LAB = [str(TOP / "tools" / "ravada-lab")]
+# Per-session names: two test sessions on one host (a developer and CI) never share a lab.
+SESSION = f"{os.getpid() % 100000}"
+LAB_NAME = f"e2e-{SESSION}"
+NODES = 3
+SETTLE_TIMEOUT = 90.0
+
+
+def run_cli(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+    result = subprocess.run(RAVADA_LAB + list(args), capture_output=True, text=True,
+                            timeout=timeout)
+    if check and result.returncode:
+        raise AssertionError(f"ravada-lab {' '.join(args)} -> rc {result.returncode}\n"
+                             f"{result.stdout}{result.stderr}")
+    return result
+
+
+def require_lab_stack() -> None:
+    require_stack("the lab", "corosync", "pacemakerd", "libvirtd", "virtlogd", "pcs",
+                  "qemu-system-x86_64", "nsenter", "unshare", "make")
+
+
+def install_tree() -> None:
+    """Pacemaker finds fence agents only in /usr/sbin and OCF agents only under /usr/lib/ocf."""
+    subprocess.run(["make", "-C", str(TOP), "install"], check=True, capture_output=True)
+
+
+@dataclass
+class Lab:
+    layout: LabLayout
+
+    @property
+    def name(self) -> str:
+        return self.layout.name
+
+    def state(self) -> LabState:
+        return LabState.load(self.layout)
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return run_cli(*args, "--name", self.name, check=check)
+
+    def run(self, node: str, *argv: str, check: bool = True) -> subprocess.CompletedProcess:
+        return node_run(self.state(), node, list(argv), check=check)
+
+    def pcs(self, *args: str, node: str | None = None) -> subprocess.CompletedProcess:
+        state = self.state()
+        return node_run(state, node or state.healthy_nodes()[0], ["pcs", *args])
+
+    def view(self) -> ClusterView:
+        return observe(self.state())
+
+    def wait(self, predicate, what: str, timeout: float = SETTLE_TIMEOUT) -> ClusterView:
+        return wait_until(self.state(), predicate, what, timeout)
+
+    def create_vm(self, name: str, *extra: str) -> None:
+        vms.create_vm(self.state(), name, extra=extra)
+
+    def wait_started(self, vm: str, not_on: tuple[str, ...] = (),
+                     timeout: float = SETTLE_TIMEOUT) -> str:
+        view = self.wait(lambda v: v.roles.get(vm) == "Started"
+                         and len(v.resources.get(vm, [])) == 1
+                         and v.resources[vm][0] not in not_on,
+                         f"{vm} started (not on {', '.join(not_on) or '-'})", timeout)
+        return view.resources[vm][0]
+
+    def delete_vm(self, name: str) -> None:
+        self.pcs("resource", "delete", name)
+        self.wait(lambda v: name not in v.resources, f"{name} deleted")
+
+    def settle(self) -> None:
+        """Every node online (a fenced node has rebooted and rejoined), no failures left."""
+        self.wait(lambda v: v.online == set(self.state().node_names) and not v.unclean
+                  and v.dc is not None, "all lab nodes online")
+        self.pcs("resource", "cleanup")
+
+    def fence_events(self, node: str) -> list[dict]:
+        from lxml import etree
+        out = self.run(self.state().healthy_nodes()[0], "stonith_admin", "--history", node,
+                       "--output-as=xml").stdout
+        return [dict(e.attrib) for e in etree.fromstring(out.encode()).iter("fence_event")]
+
+
+def remove_stale_test_labs() -> None:
+    """Labs of killed test sessions (their controller is gone); live ones are someone's run."""
+    if not DEFAULT_ROOT.is_dir():
+        return
+    for directory in DEFAULT_ROOT.glob("e2e-*"):
+        layout = LabLayout.for_lab(directory.name)
+        # Age guard: a lab being created by another session has no controller for a moment.
+        recent = time.time() - directory.stat().st_mtime < 120
+        if not recent and not lifecycle.is_up(layout):
+            lifecycle.down(layout, progress=lambda _m: None)
+
+
+@pytest.fixture(scope="session")
+def installed() -> None:
+    """The stack is there and the tree's agents and tools are where Pacemaker looks."""
+    require_lab_stack()
+    install_tree()
+
+
+@pytest.fixture(scope="session")
+def lab(installed, request):
+    remove_stale_test_labs()
+    layout = LabLayout.for_lab(LAB_NAME)
+    started = time.monotonic()
+    failed_before = request.session.testsfailed
+    run_cli("up", "--nodes", str(NODES), "--name", LAB_NAME)
+    print(f"\nlab {LAB_NAME!r} up in {time.monotonic() - started:.1f}s")
+    try:
+        yield Lab(layout)
+    finally:
+        if request.session.testsfailed > failed_before:
+            keep_logs(layout)
+        run_cli("down", "--name", LAB_NAME, check=False)
+        lifecycle.down(layout, progress=lambda _m: None)
+
+
+def keep_logs(layout: LabLayout) -> None:
+    """The lab directory goes with the lab: save what explains a failure first."""
+    import shutil
+    import tempfile
+    target = Path(tempfile.mkdtemp(prefix=f"ravada-lab-{layout.name}-"))
+    for log in [layout.controller_log, *layout.root.glob("nodes/*/console/*"),
+                *layout.root.glob("nodes/*/fs/var-log-*/*.log")]:
+        relative = log.relative_to(layout.root)
+        (target / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(log, target / relative)
+    print(f"\nlab logs kept in {target}")
+
+
+@pytest.fixture
+def settled_lab(lab: Lab) -> Lab:
+    lab.settle()
+    return lab
+
+
+class QemuWatch:
+    """Samples, in a thread, on which nodes each guest's QEMU process exists."""
+
+    def __init__(self, lab: Lab, interval: float = 0.02):
+        self.lab = lab
+        self.interval = interval
+        self.samples: list[tuple[float, dict[str, list[str]]]] = []
+        self._stop = False
+
+    def __enter__(self) -> "QemuWatch":
+        import threading
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop = True
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop:
+            try:
+                self.samples.append((time.monotonic(), vms.qemu_nodes(self.lab.state())))
+            except (OSError, ValueError):
+                pass  # state file being replaced: take the next sample
+            time.sleep(self.interval)
+
+    def nodes_of(self, vm: str) -> list[list[str]]:
+        return [sorted(sample.get(vm, [])) for _t, sample in self.samples]
