@@ -1,0 +1,264 @@
+"""VMs with RBD disks under Pacemaker, with power + storage fencing (a fencing topology).
+
+A lab of its own (the session lab stays as other tests expect it) with a throw-away Ceph on its
+switch. Every node is fenced by `lab-fence` (power, level 1) and, when that fails, by
+`fence_rbd` (blocklisted at the OSDs, level 2). The VMs boot the seqwriter guest from their RBD
+disk: it appends (instance id, sequence number) records for as long as it runs, and the audit
+reads the image afterwards: no record of a replaced instance may follow its successor's first.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from lxml import etree
+
+from ocf_ravada.lab import lifecycle, vms
+from ocf_ravada.lab.layout import DEFAULT_ROOT, LabLayout
+from support import seqwriter
+from support.stack import require_stack
+
+import lab_ceph
+from lab_support import SESSION, Lab, keep_logs, run_cli
+
+pytestmark = [pytest.mark.lab, pytest.mark.ceph]
+
+LAB_NAME = f"rbd-{SESSION}"
+NODES = 3
+NODE_USER = "node"
+# The guard may wait out a dead client's watch (10 s here) before a start: room for it.
+START_TIMEOUT = "120s"
+
+
+def require_ceph_stack() -> None:
+    require_stack("the lab with Ceph", "ceph-mon", "ceph-osd", "ceph-authtool", "monmaptool",
+                  "as", "ld")
+
+
+def remove_stale_rbd_labs() -> None:
+    """Labs (and their Ceph daemons) of killed sessions of this module; live ones are someone's."""
+    if not DEFAULT_ROOT.is_dir():
+        return
+    for directory in DEFAULT_ROOT.glob("rbd-*"):
+        layout = LabLayout.for_lab(directory.name)
+        if time.time() - directory.stat().st_mtime > 120 and not lifecycle.is_up(layout):
+            lab_ceph.stop_recorded(layout)
+            lifecycle.down(layout, progress=lambda _m: None)
+
+
+@pytest.fixture(scope="module")
+def rbd_lab(installed, request):
+    require_ceph_stack()
+    remove_stale_rbd_labs()
+    layout = LabLayout.for_lab(LAB_NAME)
+    failed_before = request.session.testsfailed
+    run_cli("up", "--nodes", str(NODES), "--name", LAB_NAME)
+    try:
+        yield Lab(layout)
+    finally:
+        if request.session.testsfailed > failed_before:
+            keep_logs(layout)
+        run_cli("down", "--name", LAB_NAME, check=False)
+        lifecycle.down(layout, progress=lambda _m: None)
+
+
+@pytest.fixture(scope="module")
+def ceph(rbd_lab, request):
+    """Ceph on the lab switch, each node's Ceph address published, the node user's key as a
+    libvirt secret on every node, and the two-level fencing topology."""
+    cluster = lab_ceph.LabCeph(rbd_lab.layout).start()
+    try:
+        state = rbd_lab.state()
+        for node in state.node_names:
+            rbd_lab.run(node, "ravada-rbd", "--conf", str(cluster.conf), "--id", NODE_USER,
+                        "--keyring", str(cluster.keyring(NODE_USER)), "publish")
+            lab_ceph.define_ceph_secret(state, node, cluster)
+        rbd_lab.pcs("stonith", "create", "rbd-fence", "fence_rbd", f"ceph_conf={cluster.conf}",
+                    f"ceph_id={lab_ceph.FENCE_USER}",
+                    f"keyring={cluster.keyring(lab_ceph.FENCE_USER)}",
+                    f"pcmk_host_list={' '.join(state.node_names)}", "pcmk_reboot_action=off",
+                    "meta", "provides=unfencing")
+        for node in state.node_names:
+            rbd_lab.pcs("stonith", "level", "add", "1", node, "lab-fence")
+            rbd_lab.pcs("stonith", "level", "add", "2", node, "rbd-fence")
+        rbd_lab.settle()
+        yield cluster
+    finally:
+        if request.session.testsfailed:
+            keep_ceph_logs(cluster)
+        cluster.stop()
+
+
+def keep_ceph_logs(cluster: lab_ceph.LabCeph) -> None:
+    """The Ceph directory goes with the cluster: save its logs first."""
+    target = Path(tempfile.mkdtemp(prefix="ravada-lab-ceph-"))
+    shutil.copytree(cluster.conf.parent / "log", target / "log")
+    print(f"\nCeph logs kept in {target}")
+
+
+def create_rbd_vm(lab: Lab, ceph: lab_ceph.LabCeph, name: str) -> None:
+    spec = ceph.create_writer_image(name)
+    config = lab_ceph.write_rbd_domain(lab.layout, name, ceph, spec)
+    lab.pcs("resource", "create", name, "ocf:ravada:VirtualDomain", f"config={config}",
+            f"ceph_conf={ceph.conf}", f"ceph_id={NODE_USER}",
+            f"ceph_keyring={ceph.keyring(NODE_USER)}", "migration_transport=tcp",
+            "force_stop=true", "op", "start", f"timeout={START_TIMEOUT}")
+
+
+def wait_runs(ceph: lab_ceph.LabCeph, image: str, count: int, min_records: int = 1,
+              timeout: float = 90.0) -> list[seqwriter.Run]:
+    """Audit the image until it holds `count` instances' runs, the last with `min_records`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        runs = seqwriter.audit(ceph.read_image(image))
+        if len(runs) >= count and runs[-1].count >= min_records:
+            return runs
+        assert time.monotonic() < deadline, f"{image}: {len(runs)} writer runs, waited for {count}"
+        time.sleep(0.25)
+
+
+def node_ip(lab: Lab, node: str) -> str:
+    return str(lab.layout.node(node, NODES).address)
+
+
+def fenced_at_osds(ceph: lab_ceph.LabCeph, ip: str) -> bool:
+    """fence_rbd's whole-node entry (IP:0/0) is on the blocklist."""
+    return any(entry["addr"] == f"{ip}:0/0" for entry in ceph.blocklist())
+
+
+def power_ops(lab: Lab, node: str, since: float, client: str) -> list[dict]:
+    return [e for e in lab.state().data["power_log"]
+            if e["node"] == node and e["client"] == client and e["at"] >= since]
+
+
+def assert_fenced_in_history(lab: Lab, node: str) -> None:
+    """Pacemaker's fencing history holds a successful reboot/off of `node` (the history is
+    synchronised across the cluster within seconds)."""
+    deadline = time.monotonic() + 15
+    while True:
+        # --verbose: without it only the latest success per node is listed, here the
+        # unfencing ('on') of the rebooted node.
+        out = lab.run(lab.state().healthy_nodes()[0], "stonith_admin", "--history", node,
+                      "--verbose", "--output-as=xml").stdout
+        events = [dict(e.attrib) for e in etree.fromstring(out.encode()).iter("fence_event")]
+        if any(e.get("status") == "success" and e.get("action") in ("reboot", "off")
+               for e in events):
+            return
+        assert time.monotonic() < deadline, f"no successful fencing of {node}: {events}"
+        time.sleep(0.5)
+
+
+def test_killed_node_is_power_fenced_and_rbd_vm_restarts_elsewhere(rbd_lab, ceph, record_property):
+    lab = rbd_lab
+    create_rbd_vm(lab, ceph, "vmkill")
+    try:
+        victim = lab.wait_started("vmkill")
+        wait_runs(ceph, "vmkill", 1, min_records=20)
+        killed_at, wall = time.monotonic(), time.time()
+        lab.cli("kill", victim)
+        survivor = lab.wait_started("vmkill", not_on=(victim,))
+        restarted = time.monotonic() - killed_at
+        runs = wait_runs(ceph, "vmkill", 2)
+        writing = time.monotonic() - killed_at
+        record_property("rbd_kill_restart_seconds", round(restarted, 2))
+        record_property("rbd_kill_first_write_seconds", round(writing, 2))
+        print(f"\n{victim} killed: vmkill started on {survivor} after {restarted:.1f}s, "
+              f"its first record on disk after {writing:.1f}s")
+
+        # Level 1 did it: the power switch was operated by the fence agent ...
+        assert power_ops(lab, victim, wall, "fence_ravada_lab"), f"{victim} not power-fenced"
+        assert_fenced_in_history(lab, victim)
+        # ... so level 2 was not needed; the agent's start blocklisted the dead QEMU's own
+        # client (its exact address) before breaking its lock.
+        victim_ip = node_ip(lab, victim)
+        assert not fenced_at_osds(ceph, victim_ip)
+        assert any(e["addr"].startswith(f"{victim_ip}:0/") and not e["addr"].endswith(":0/0")
+                   for e in ceph.blocklist()), "the dead owner's client was not blocklisted"
+        assert vms.qemu_nodes(lab.state()).get("vmkill") == [survivor]
+
+        lab.settle()
+        final = wait_runs(ceph, "vmkill", 2, min_records=runs[-1].count + 20)
+        assert len(final) == 2, f"expected the killed and the new instance only: {final}"
+    finally:
+        lab.settle()
+        lab.delete_vm("vmkill")
+
+
+@pytest.fixture
+def dead_power_fence(rbd_lab):
+    """set_for(node): level 1 of `node` becomes a power device that cannot fence (a BMC that
+    answers its health check but has lost its power switch); the topology is restored after."""
+    lab = rbd_lab
+    replaced: list[str] = []
+
+    def set_for(node: str) -> None:
+        # A lab that does not exist: every power action fails. Its monitor runs the agent's
+        # always-successful metadata action, so the device itself starts cleanly.
+        lab.pcs("stonith", "create", "dead-bmc", "fence_ravada_lab", "lab=no-such-lab",
+                f"pcmk_host_list={node}", "pcmk_monitor_action=metadata")
+        lab.pcs("stonith", "level", "remove", "1", "target", node)
+        replaced.append(node)
+        lab.pcs("stonith", "level", "add", "1", node, "dead-bmc")
+
+    yield set_for
+    for node in replaced:
+        lab.pcs("stonith", "level", "remove", "1", "target", node)
+        lab.pcs("stonith", "level", "add", "1", node, "lab-fence")
+        lab.pcs("stonith", "delete", "dead-bmc")
+    lab.settle()
+
+
+def test_frozen_node_without_power_fencing_is_fenced_at_the_osds_and_never_writes_again(
+        rbd_lab, ceph, dead_power_fence, record_property):
+    lab = rbd_lab
+    create_rbd_vm(lab, ceph, "vmfreeze")
+    try:
+        victim = lab.wait_started("vmfreeze")
+        victim_ip = node_ip(lab, victim)
+        dead_power_fence(victim)
+        wait_runs(ceph, "vmfreeze", 1, min_records=20)
+        frozen_at, wall = time.monotonic(), time.time()
+        lab.cli("freeze", victim)
+        survivor = lab.wait_started("vmfreeze", not_on=(victim,))
+        restarted = time.monotonic() - frozen_at
+        runs = wait_runs(ceph, "vmfreeze", 2)
+        writing = time.monotonic() - frozen_at
+        record_property("rbd_freeze_restart_seconds", round(restarted, 2))
+        record_property("rbd_freeze_first_write_seconds", round(writing, 2))
+        print(f"\n{victim} frozen: vmfreeze started on {survivor} after {restarted:.1f}s, "
+              f"its first record on disk after {writing:.1f}s")
+
+        # Level 1 failed, level 2 fenced the node at the OSDs; its power was never touched.
+        assert fenced_at_osds(ceph, victim_ip), f"{victim} ({victim_ip}) is not blocklisted"
+        assert_fenced_in_history(lab, victim)
+        assert not power_ops(lab, victim, wall, "fence_ravada_lab")
+        assert victim in lab.state().powered_nodes()
+
+        # The node wakes up with its stale QEMU still running and writing: nothing may land
+        # (wait_runs audits every read). Pacemaker then finds the VM active on two nodes and
+        # may restart it (multiple-active=stop_start): a third instance, appending too.
+        frozen_run = runs[0]
+        lab.cli("thaw", victim)
+        time.sleep(5)
+        thawed = wait_runs(ceph, "vmfreeze", 2, min_records=20)
+        assert thawed[0] == frozen_run, f"the frozen instance wrote again: {thawed}"
+
+        # The admin power-cycles the node; it rejoins and is unfenced (entries removed).
+        lab.cli("kill", victim)
+        lab.cli("on", victim)
+        lab.settle()
+        deadline = time.monotonic() + 30
+        while fenced_at_osds(ceph, victim_ip):
+            assert time.monotonic() < deadline, f"{victim} still blocklisted after it rejoined"
+            time.sleep(0.5)
+        # Pacemaker may have restarted or moved the VM meanwhile: new instances append.
+        running_on = lab.wait_started("vmfreeze")
+        assert vms.qemu_nodes(lab.state()).get("vmfreeze") == [running_on]
+        final = wait_runs(ceph, "vmfreeze", len(thawed), min_records=1)
+        assert final[0] == frozen_run, f"the frozen instance wrote again: {final}"
+    finally:
+        lab.settle()
+        lab.delete_vm("vmfreeze")
