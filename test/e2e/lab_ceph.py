@@ -156,6 +156,18 @@ class LabCeph:
     def blocklist(self) -> list[dict]:
         return self._call(self.cluster.blocklist)
 
+    def blocklist_changes(self, user: str) -> list[tuple[str, str]]:
+        """(add|rm, address) of every blocklist change `user` made, from the monitor's audit
+        log: the record that outlives the entries themselves (unfencing removes them)."""
+        changes = []
+        for line in (self.cluster.workdir / "log" / "mon.a.log").read_text().splitlines():
+            if f"entity='client.{user}'" not in line or not line.endswith("': finished"):
+                continue
+            command = json.loads(line[line.index("cmd='") + 5:-len("': finished")])[0]
+            if command.get("prefix") == "osd blocklist":
+                changes.append((command["blocklistop"], command["addr"]))
+        return changes
+
 
 def stop_recorded(lab: LabLayout) -> None:
     """Kill the Ceph daemons a killed test session left on a stale lab (by recorded PID, only

@@ -151,40 +151,73 @@ def assert_fenced_in_history(lab: Lab, node: str) -> None:
         time.sleep(0.5)
 
 
-def test_killed_node_is_power_fenced_and_rbd_vm_restarts_elsewhere(rbd_lab, ceph, record_property):
+@pytest.fixture
+def one_level(rbd_lab):
+    """set_for(node): both devices in level 1 of `node` (both must succeed), restored after."""
     lab = rbd_lab
-    create_rbd_vm(lab, ceph, "vmkill")
+    changed: list[str] = []
+
+    def set_for(node: str) -> None:
+        changed.append(node)
+        for level in ("1", "2"):
+            lab.pcs("stonith", "level", "remove", level, "target", node)
+        lab.pcs("stonith", "level", "add", "1", node, "lab-fence,rbd-fence")
+
+    yield set_for
+    lab.settle()
+    for node in changed:
+        lab.pcs("stonith", "level", "remove", "1", "target", node)
+        lab.pcs("stonith", "level", "add", "1", node, "lab-fence")
+        lab.pcs("stonith", "level", "add", "2", node, "rbd-fence")
+
+
+@pytest.mark.parametrize("topology", ["power-then-storage", "power-and-storage"])
+def test_killed_node_is_fenced_and_rbd_vm_restarts_elsewhere(rbd_lab, ceph, one_level, topology,
+                                                             record_property):
+    """power-then-storage: level 1 lab-fence, level 2 fence_rbd (only if level 1 fails);
+    power-and-storage: both in level 1, the node is also cut off at the OSDs."""
+    lab = rbd_lab
+    vm = "vmkill" if topology == "power-then-storage" else "vmkill2"
+    create_rbd_vm(lab, ceph, vm)
     try:
-        victim = lab.wait_started("vmkill")
-        wait_runs(ceph, "vmkill", 1, min_records=20)
+        victim = lab.wait_started(vm)
+        victim_ip = node_ip(lab, victim)
+        if topology == "power-and-storage":
+            one_level(victim)
+        wait_runs(ceph, vm, 1, min_records=20)
         killed_at, wall = time.monotonic(), time.time()
         lab.cli("kill", victim)
-        survivor = lab.wait_started("vmkill", not_on=(victim,))
+        survivor = lab.wait_started(vm, not_on=(victim,))
         restarted = time.monotonic() - killed_at
-        runs = wait_runs(ceph, "vmkill", 2)
+        runs = wait_runs(ceph, vm, 2)
         writing = time.monotonic() - killed_at
         record_property("rbd_kill_restart_seconds", round(restarted, 2))
         record_property("rbd_kill_first_write_seconds", round(writing, 2))
-        print(f"\n{victim} killed: vmkill started on {survivor} after {restarted:.1f}s, "
-              f"its first record on disk after {writing:.1f}s")
+        print(f"\n[{topology}] {victim} killed: {vm} started on {survivor} after "
+              f"{restarted:.1f}s, its first record on disk after {writing:.1f}s")
 
-        # Level 1 did it: the power switch was operated by the fence agent ...
         assert power_ops(lab, victim, wall, "fence_ravada_lab"), f"{victim} not power-fenced"
         assert_fenced_in_history(lab, victim)
-        # ... so level 2 was not needed; the agent's start blocklisted the dead QEMU's own
-        # client (its exact address) before breaking its lock.
-        victim_ip = node_ip(lab, victim)
-        assert not fenced_at_osds(ceph, victim_ip)
-        assert any(e["addr"].startswith(f"{victim_ip}:0/") and not e["addr"].endswith(":0/0")
-                   for e in ceph.blocklist()), "the dead owner's client was not blocklisted"
-        assert vms.qemu_nodes(lab.state()).get("vmkill") == [survivor]
+        storage_fenced = ("add", f"{victim_ip}:0/0") in ceph.blocklist_changes(lab_ceph.FENCE_USER)
+        if topology == "power-then-storage":
+            # Level 1 sufficed, level 2 never ran; the agent's start blocklisted the dead
+            # QEMU's own client (its exact address) before breaking its lock.
+            assert not storage_fenced, f"{victim} was fenced at the OSDs though power fencing worked"
+            assert any(op == "add" and addr.startswith(f"{victim_ip}:0/") and addr != f"{victim_ip}:0/0"
+                       for op, addr in ceph.blocklist_changes(NODE_USER)), \
+                "the dead owner's client was not blocklisted"
+        else:
+            assert storage_fenced, f"{victim} was not fenced at the OSDs"
+        assert vms.qemu_nodes(lab.state()).get(vm) == [survivor]
 
         lab.settle()
-        final = wait_runs(ceph, "vmkill", 2, min_records=runs[-1].count + 20)
+        # Back in the cluster, the node is unfenced at the OSDs (provides=unfencing).
+        assert not fenced_at_osds(ceph, victim_ip), f"{victim} still blocklisted after it rejoined"
+        final = wait_runs(ceph, vm, 2, min_records=runs[-1].count + 20)
         assert len(final) == 2, f"expected the killed and the new instance only: {final}"
     finally:
         lab.settle()
-        lab.delete_vm("vmkill")
+        lab.delete_vm(vm)
 
 
 @pytest.fixture
