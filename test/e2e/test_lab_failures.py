@@ -47,24 +47,27 @@ def test_killed_node_is_fenced_and_its_vm_recovers(settled_lab, record_property)
         lab.delete_vm("vmkill")
 
 
-def test_frozen_node_is_fenced_and_vm_never_runs_twice(settled_lab):
+@pytest.mark.parametrize("fault, flag", [("freeze", "frozen"), ("cut", "cut")])
+def test_hung_or_partitioned_node_is_fenced_and_vm_never_runs_twice(settled_lab, fault, flag):
+    """freeze: a hung node; cut: a network partition. Either way the node is fenced (by
+    reboot: it comes back thawed and cabled, without a stale copy of the guest)."""
     lab = settled_lab
-    lab.create_vm("vmfreeze")
+    name = f"vm{fault}"
+    lab.create_vm(name)
     try:
-        victim = lab.wait_started("vmfreeze")
+        victim = lab.wait_started(name)
         with QemuWatch(lab) as watch:
             wall = time.time()
-            lab.cli("freeze", victim)
-            survivor = lab.wait_started("vmfreeze", not_on=(victim,))
-            # The rebooted node must come back clean, without a stale copy of the guest.
+            lab.cli(fault, victim)
+            survivor = lab.wait_started(name, not_on=(victim,))
             lab.settle()
         assert_fenced_since(lab, victim, wall)
-        assert_never_twice(watch, "vmfreeze")
-        assert vms.qemu_nodes(lab.state()).get("vmfreeze") == [survivor]
-        assert not lab.state().data["nodes"][victim]["frozen"]
+        assert_never_twice(watch, name)
+        assert vms.qemu_nodes(lab.state()).get(name) == [survivor]
+        assert not lab.state().data["nodes"][victim][flag]
     finally:
         lab.settle()
-        lab.delete_vm("vmfreeze")
+        lab.delete_vm(name)
 
 
 def stop_libvirtd(lab, node: str) -> None:
@@ -99,22 +102,3 @@ def test_failing_start_moves_vm_elsewhere_with_readable_failure(settled_lab):
         lab.run(lab.state().node_names[0], "stonith_admin", "--reboot", broken)
         lab.settle()
         lab.delete_vm("vmfail")
-
-
-def test_partitioned_node_is_fenced_and_vm_never_runs_twice(settled_lab):
-    lab = settled_lab
-    lab.create_vm("vmcut")
-    try:
-        victim = lab.wait_started("vmcut")
-        with QemuWatch(lab) as watch:
-            wall = time.time()
-            lab.cli("cut", victim)
-            survivor = lab.wait_started("vmcut", not_on=(victim,))
-            lab.settle()  # fenced by reboot: it comes back cabled, and rejoins
-        assert_fenced_since(lab, victim, wall)
-        assert_never_twice(watch, "vmcut")
-        assert vms.qemu_nodes(lab.state()).get("vmcut") == [survivor]
-        assert not lab.state().data["nodes"][victim]["cut"]
-    finally:
-        lab.settle()
-        lab.delete_vm("vmcut")
