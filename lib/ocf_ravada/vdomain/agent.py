@@ -217,7 +217,7 @@ class VirtualDomain(Agent):
     # -- start -----------------------------------------------------------------------
 
     def start(self) -> int:
-        from . import resources
+        from . import hostorder, resources
 
         self.check_parameters()
         ident = self.check_environment()
@@ -237,6 +237,7 @@ class VirtualDomain(Agent):
                     raise OcfError(Rc.ERR_INSTALLED,
                                    f"another domain named {ident.name} (uuid {uuid}) is defined on this "
                                    f"node; undefine it or fix {path}")
+            hostorder.ensure(self.deadline, self.log)
             text = config.read_text(path)
             parsed = config.parse(path, text)
             if self.params["start_resources"]:
@@ -418,7 +419,10 @@ class VirtualDomain(Agent):
             target.close()
 
     def migrate_from(self) -> int:
+        from . import hostorder
+
         ident = self.require_identity()
+        hostorder.ensure(self.deadline, self.log)
         hv = self.connect(f"check the migrated {ident.name}")
         try:
             while True:
