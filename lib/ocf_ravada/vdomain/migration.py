@@ -168,7 +168,7 @@ def run(hv: Hypervisor, dom: libvirt.virDomain, name: str, node: str, remote: st
         try:
             dest = Hypervisor.connect(remote, deadline)
         except LibvirtUnavailable as err:
-            raise OcfError(Rc.ERR_GENERIC, f"migration of {name} to {node}: target unreachable: {err}") from None
+            raise OcfError(Rc.ERR_GENERIC, f"{node} unreachable for migration: {err}") from None
         job = _Job(dom.migrate3, dest.conn, mparams, flags)
     log.info(f"migrating {name} to {node} via {remote}" + (f" (data: {data})" if data else ""))
 

@@ -50,7 +50,8 @@ class Hypervisor:
         try:
             conn = bounded.call(what, deadline.bounded(CONNECT_LIMIT), libvirt.open, uri or None)
         except libvirt.libvirtError as err:
-            raise LibvirtUnavailable(f"{what}: {err.get_error_message()}") from None
+            # Pacemaker keeps 128 characters of an exit reason: the cause comes first.
+            raise LibvirtUnavailable(f"{err.get_error_message()} ({uri or 'default URI'})") from None
         except DeadlineExceeded as err:
             raise LibvirtUnavailable(f"libvirtd hung: {err}") from None
         if conn is None:
