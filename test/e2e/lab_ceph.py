@@ -1,14 +1,18 @@
 """A throw-away Ceph cluster on a lab's switch, and RBD-backed seqwriter guests for the lab.
 
-The mon and the memstore OSD of `test/ceph/microceph.py` run in the network namespace of the
-lab controller (which holds the lab bridge) with an address on the bridge, so every lab node
-reaches them over its own cable, and Ceph sees each node's own address: a node can be fenced
-at the OSDs (blocklisted) without cutting off anybody else. The configuration and keyrings live
-in the lab's shared directory, which every node sees at the same path.
+The mon and the memstore OSD of `test/ceph/microceph.py` run on a "Ceph host" of their own: a
+network namespace (held by a `sleep` started here) cabled to the lab switch like a node, so every
+lab node reaches Ceph over its own cable, and Ceph sees each node's own address: a node can be
+fenced at the OSDs (blocklisted) without cutting off anybody else. The configuration and
+keyrings live in the lab's shared directory, which every node sees at the same path.
+
+Not on the switch's own namespace: the bridge would answer ARP for Ceph's address with its own
+MAC, which changes whenever a node's port goes or comes back (a power cut, a reboot), and the
+nodes would lose Ceph for as long as their ARP entries take to expire.
 
 The test process stays in the host's network namespace: everything that talks to Ceph from
 here (starting the daemons, the admin client, image reads for the audit) runs in one thread
-that has entered the controller's network namespace; processes and librados threads started
+that has entered the Ceph host's network namespace; processes and librados threads started
 from that thread inherit it.
 """
 from __future__ import annotations
@@ -21,8 +25,10 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import rbd
@@ -42,6 +48,7 @@ from support import seqwriter  # noqa: E402
 # Far above the node addresses (.1-.16): the monitor's and OSD's address on the lab switch.
 CEPH_IP = str(SUBNET.network_address + 250)
 SWITCH_PORT, CEPH_IFACE = "p-ceph", "ceph0"
+CEPH_MAC = "02:00:0a:63:00:fa"          # locally administered, from CEPH_IP
 FENCE_USER = "fence"
 FENCE_CAPS = ["mon", 'allow r, allow command "osd blocklist"']
 # One libvirt secret UUID for the node user's key on every lab node.
@@ -61,31 +68,56 @@ def _enter_network_namespace(pid: int) -> None:
         os.close(fd)
 
 
+@dataclass
 class _SwitchCeph(MicroCeph):
-    """MicroCeph plugged into an existing bridge instead of building a network of its own.
+    """MicroCeph on the lab's network (cabled by LabCeph) instead of a network of its own."""
 
-    Its address sits on a veth of its own, one end a port of the bridge: a bridge's own MAC
-    address follows its ports, and it changes whenever a node's port goes and comes back (a
-    power cut, a reboot), leaving the nodes' ARP entries for Ceph pointing nowhere for a minute.
-    """
-
-    lab_nodes: dict[str, str] = {}
+    lab_nodes: dict[str, str] = field(default_factory=dict)     # node name -> lab address
 
     def _make_network(self) -> None:
         self.mon_ip = CEPH_IP
-        _ip_in_switch("link", "add", SWITCH_PORT, "type", "veth", "peer", "name", CEPH_IFACE)
-        self._links.append(SWITCH_PORT)
-        _ip_in_switch("link", "set", SWITCH_PORT, "master", BRIDGE, "up")
-        _ip_in_switch("addr", "add", f"{CEPH_IP}/{SUBNET.prefixlen}", "dev", CEPH_IFACE)
-        _ip_in_switch("link", "set", CEPH_IFACE, "up")
         self.nodes = {name: Node(name, "", ip) for name, ip in self.lab_nodes.items()}
 
 
-def _ip_in_switch(*argv: str) -> None:
-    """`ip` from the Ceph thread: in the controller's namespace, where the bridge is."""
-    result = subprocess.run(["ip", *argv], capture_output=True, text=True)
+def _ip_in(pid: int, *argv: str) -> None:
+    """`ip` in the network namespace of process `pid`."""
+    result = subprocess.run(["nsenter", "-t", str(pid), "-n", "ip", *argv],
+                            capture_output=True, text=True)
     if result.returncode:
         raise RuntimeError(f"ip {' '.join(argv)}: {result.stderr.strip()}")
+
+
+def _net_inode(pid: int) -> int:
+    return os.stat(f"/proc/{pid}/ns/net").st_ino
+
+
+def _start_ceph_host(controller: int) -> subprocess.Popen:
+    """A network namespace with CEPH_IP on a cable into the lab switch; its holder process."""
+    holder = subprocess.Popen(["unshare", "--net", "--", "sleep", "infinity"],
+                              stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while _net_inode(holder.pid) == _net_inode(os.getpid()):
+            if holder.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("unshare did not create the Ceph host's network namespace")
+            time.sleep(0.01)
+        # A fixed MAC: a Ceph host started again in the same lab is the one the nodes know.
+        _ip_in(controller, "link", "add", SWITCH_PORT, "type", "veth", "peer", "name", CEPH_IFACE,
+               "address", CEPH_MAC, "netns", str(holder.pid))
+        _ip_in(controller, "link", "set", SWITCH_PORT, "master", BRIDGE, "up")
+        _ip_in(holder.pid, "addr", "add", f"{CEPH_IP}/{SUBNET.prefixlen}", "dev", CEPH_IFACE)
+        _ip_in(holder.pid, "link", "set", CEPH_IFACE, "up")
+        _ip_in(holder.pid, "link", "set", "lo", "up")
+    except BaseException:
+        _stop_ceph_host(holder)
+        raise
+    return holder
+
+
+def _stop_ceph_host(holder: subprocess.Popen) -> None:
+    """The namespace goes with its last process, and the cable (a veth pair) with it."""
+    holder.kill()
+    holder.wait()
 
 
 class LabCeph:
@@ -95,12 +127,12 @@ class LabCeph:
         state = LabState.load(lab)
         self.lab = lab
         self.controller = state.data["controller"]
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="lab-ceph",
-                                          initializer=_enter_network_namespace,
-                                          initargs=(self.controller,))
-        self.cluster = _SwitchCeph(lab.shared_dir / "ceph", watch_timeout=10)
-        self.cluster.lab_nodes = {name: str(lab.node(name, len(state.node_names)).address)
-                                  for name in state.node_names}
+        self.host: subprocess.Popen | None = None
+        self._thread: ThreadPoolExecutor | None = None
+        self.cluster = _SwitchCeph(
+            lab.shared_dir / "ceph", watch_timeout=10,
+            lab_nodes={name: str(lab.node(name, len(state.node_names)).address)
+                       for name in state.node_names})
 
     def _call(self, function, *args):
         return self._thread.submit(function, *args).result()
@@ -108,6 +140,10 @@ class LabCeph:
     # ---- lifecycle --------------------------------------------------------------------------
     def start(self) -> "LabCeph":
         try:
+            self.host = _start_ceph_host(self.controller)
+            self._thread = ThreadPoolExecutor(1, thread_name_prefix="lab-ceph",
+                                              initializer=_enter_network_namespace,
+                                              initargs=(self.host.pid,))
             self._call(self.cluster.start)
             self._call(self.cluster.make_user, FENCE_USER, FENCE_CAPS)
             self._record_pids()
@@ -118,17 +154,20 @@ class LabCeph:
 
     def stop(self) -> None:
         try:
-            if getattr(self.cluster, "admin", None) is not None:
-                self._call(self.cluster.admin.shutdown)
-            self._call(self.cluster.stop)
+            if self._thread is not None:
+                if getattr(self.cluster, "admin", None) is not None:
+                    self._call(self.cluster.admin.shutdown)
+                self._call(self.cluster.stop)
+                self._thread.shutdown()
         finally:
-            self._thread.shutdown()
+            if self.host is not None:
+                _stop_ceph_host(self.host)
 
     def _record_pids(self) -> None:
         """For the clean-up of a killed test session (stop_recorded)."""
         (self.lab.root / "ceph-pids.json").write_text(json.dumps(
-            {"netns": os.stat(f"/proc/{self.controller}/ns/net").st_ino,
-             "pids": list(self.cluster.pids.values())}))
+            {"netns": _net_inode(self.host.pid),
+             "pids": [*self.cluster.pids.values(), self.host.pid]}))
 
     # ---- paths the agents use ---------------------------------------------------------------
     @property
@@ -170,15 +209,15 @@ class LabCeph:
 
 
 def stop_recorded(lab: LabLayout) -> None:
-    """Kill the Ceph daemons a killed test session left on a stale lab (by recorded PID, only
-    while still in the recorded network namespace)."""
+    """Kill the Ceph daemons and host a killed test session left on a stale lab (by recorded
+    PID, only while still in the recorded network namespace)."""
     record = lab.root / "ceph-pids.json"
     if not record.exists():
         return
     data = json.loads(record.read_text())
     for pid in data["pids"]:
         try:
-            if os.stat(f"/proc/{pid}/ns/net").st_ino == data["netns"]:
+            if _net_inode(pid) == data["netns"]:
                 os.kill(pid, signal.SIGKILL)
         except (FileNotFoundError, ProcessLookupError):
             pass
