@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import struct
 import tempfile
 import time
 from pathlib import Path
@@ -222,10 +223,11 @@ def test_killed_node_is_fenced_and_rbd_vm_restarts_elsewhere(rbd_lab, ceph, one_
         if topology == "power-then-storage":
             # Level 1 sufficed, level 2 never ran; the agent's start blocklisted the dead
             # QEMU's own client (its exact address) before breaking its lock.
-            assert not storage_fenced, f"{victim} was fenced at the OSDs though power fencing worked"
-            assert any(op == "add" and addr.startswith(f"{victim_ip}:0/") and addr != f"{victim_ip}:0/0"
-                       for op, addr in ceph.blocklist_changes(NODE_USER)), \
-                "the dead owner's client was not blocklisted"
+            assert not storage_fenced, f"{victim} fenced at the OSDs though power fencing worked"
+            owner_entries = [addr for op, addr in ceph.blocklist_changes(NODE_USER)
+                             if op == "add" and addr.startswith(f"{victim_ip}:0/")
+                             and addr != f"{victim_ip}:0/0"]
+            assert owner_entries, "the dead owner's client was not blocklisted"
         else:
             assert storage_fenced, f"{victim} was not fenced at the OSDs"
         assert vms.qemu_nodes(lab.state()).get(vm) == [survivor]
@@ -302,7 +304,7 @@ def test_frozen_node_without_power_fencing_is_fenced_at_the_osds_and_never_write
         assert victim in vms.qemu_nodes(lab.state()).get("vmfreeze", []), \
             f"no stale QEMU on {victim} after the thaw: nothing to prove"
         while victim in vms.qemu_nodes(lab.state()).get("vmfreeze", []):
-            assert time.monotonic() - thawed_at < 60, f"the stale QEMU on {victim} was never stopped"
+            assert time.monotonic() - thawed_at < 60, f"the stale QEMU on {victim} never stopped"
             time.sleep(0.2)
         stale_lifetime = time.monotonic() - thawed_at
         record_property("rbd_stale_qemu_after_thaw_seconds", round(stale_lifetime, 2))
@@ -323,3 +325,29 @@ def test_frozen_node_without_power_fencing_is_fenced_at_the_osds_and_never_write
     finally:
         lab.settle()
         lab.delete_vm("vmfreeze")
+
+
+def synthetic_disk(*writes: tuple[int, int, int]) -> bytes:
+    """A disk image with (sector, instance, sequence) records written in this order."""
+    disk = bytearray(64 * seqwriter.SECTOR)
+    for sector, instance, sequence in writes:
+        struct.pack_into("<8sQI", disk, sector * seqwriter.SECTOR, seqwriter.MAGIC, instance,
+                         sequence)
+    return bytes(disk)
+
+
+def test_audit_catches_a_stale_writer():
+    """The audit is not vacuous: every way a stale instance's late write can land is caught."""
+    old, new = 0xA, 0xB
+    clean = [(1, old, 1), (2, old, 2), (3, new, 1), (4, new, 2), (5, new, 3)]
+    assert [(r.instance, r.count) for r in seqwriter.audit(synthetic_disk(*clean))] == \
+        [(old, 2), (new, 3)]
+    late_writes = {
+        "after the successor's records": (6, old, 3),
+        "over the successor's first record": (3, old, 3),
+        "over a later record of the successor": (4, old, 3),
+    }
+    for where, write in late_writes.items():
+        with pytest.raises(AssertionError):
+            seqwriter.audit(synthetic_disk(*clean, write))
+            pytest.fail(f"a stale write {where} went unnoticed")

@@ -191,16 +191,18 @@ def audit(disk: bytes) -> list[Run]:
         if current and record.instance == current.instance:
             expected = current.count + 1
             if record.sequence != expected:
-                raise AssertionError(f"sector {record.sector}: instance {record.instance:#x} record "
-                                     f"{record.sequence}, expected {expected}: a record was overwritten")
+                raise AssertionError(f"sector {record.sector}: instance {record.instance:#x} "
+                                     f"record {record.sequence}, expected {expected}: "
+                                     f"a record was overwritten")
             runs[-1] = Run(current.instance, current.first_sector, expected)
             continue
         if record.instance in seen:
             raise AssertionError(f"sector {record.sector}: instance {record.instance:#x} wrote "
                                  f"record {record.sequence} after a later instance had begun")
         if record.sequence != 1:
-            raise AssertionError(f"sector {record.sector}: instance {record.instance:#x} begins "
-                                 f"with record {record.sequence}: its first records were overwritten")
+            raise AssertionError(f"sector {record.sector}: instance {record.instance:#x} "
+                                 f"begins with record {record.sequence}: "
+                                 f"its first records were overwritten")
         seen.add(record.instance)
         runs.append(Run(record.instance, record.sector, 1))
     return runs
