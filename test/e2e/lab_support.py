@@ -100,9 +100,11 @@ class Lab:
         self.pcs("resource", "cleanup")
 
     def fence_events(self, node: str) -> list[dict]:
+        """Every fencing event of `node` (--verbose: otherwise only the latest success per
+        node is listed, which hides a reboot behind the unfencing that follows it)."""
         from lxml import etree
         out = self.run(self.state().healthy_nodes()[0], "stonith_admin", "--history", node,
-                       "--output-as=xml").stdout
+                       "--verbose", "--output-as=xml").stdout
         return [dict(e.attrib) for e in etree.fromstring(out.encode()).iter("fence_event")]
 
 

@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import pytest
-from lxml import etree
 
 from ocf_ravada.lab import lifecycle, vms
 from ocf_ravada.lab.layout import DEFAULT_ROOT, LabLayout
@@ -160,11 +159,7 @@ def assert_fenced_in_history(lab: Lab, node: str) -> None:
     synchronised across the cluster within seconds)."""
     deadline = time.monotonic() + 15
     while True:
-        # --verbose: without it only the latest success per node is listed, here the
-        # unfencing ('on') of the rebooted node.
-        out = lab.run(lab.state().healthy_nodes()[0], "stonith_admin", "--history", node,
-                      "--verbose", "--output-as=xml").stdout
-        events = [dict(e.attrib) for e in etree.fromstring(out.encode()).iter("fence_event")]
+        events = lab.fence_events(node)
         if any(e.get("status") == "success" and e.get("action") in ("reboot", "off")
                for e in events):
             return
