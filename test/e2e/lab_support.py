@@ -9,11 +9,13 @@ each node's libvirtd through its private socket.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterator
 
 import pytest
 
@@ -108,16 +110,35 @@ class Lab:
         return [dict(e.attrib) for e in etree.fromstring(out.encode()).iter("fence_event")]
 
 
-def remove_stale_test_labs() -> None:
-    """Labs of killed test sessions (their controller is gone); live ones are someone's run."""
+def remove_stale_labs(prefix: str, before_down: Callable[[LabLayout], None] = lambda _l: None) -> None:
+    """Labs named PREFIX* of killed test sessions (their controller is gone); live ones are
+    someone's run."""
     if not DEFAULT_ROOT.is_dir():
         return
-    for directory in DEFAULT_ROOT.glob("e2e-*"):
+    for directory in DEFAULT_ROOT.glob(f"{prefix}*"):
         layout = LabLayout.for_lab(directory.name)
         # Age guard: a lab being created by another session has no controller for a moment.
         recent = time.time() - directory.stat().st_mtime < 120
         if not recent and not lifecycle.is_up(layout):
+            before_down(layout)
             lifecycle.down(layout, progress=lambda _m: None)
+
+
+@contextlib.contextmanager
+def running_lab(name: str, request, nodes: int = NODES) -> Iterator[Lab]:
+    """A lab up for a fixture's scope: its logs kept when tests failed meanwhile, always down."""
+    layout = LabLayout.for_lab(name)
+    started = time.monotonic()
+    failed_before = request.session.testsfailed
+    run_cli("up", "--nodes", str(nodes), "--name", name)
+    print(f"\nlab {name!r} up in {time.monotonic() - started:.1f}s")
+    try:
+        yield Lab(layout)
+    finally:
+        if request.session.testsfailed > failed_before:
+            keep_logs(layout)
+        run_cli("down", "--name", name, check=False)
+        lifecycle.down(layout, progress=lambda _m: None)
 
 
 @pytest.fixture(scope="session")
@@ -129,19 +150,9 @@ def installed() -> None:
 
 @pytest.fixture(scope="session")
 def lab(installed, request):
-    remove_stale_test_labs()
-    layout = LabLayout.for_lab(LAB_NAME)
-    started = time.monotonic()
-    failed_before = request.session.testsfailed
-    run_cli("up", "--nodes", str(NODES), "--name", LAB_NAME)
-    print(f"\nlab {LAB_NAME!r} up in {time.monotonic() - started:.1f}s")
-    try:
-        yield Lab(layout)
-    finally:
-        if request.session.testsfailed > failed_before:
-            keep_logs(layout)
-        run_cli("down", "--name", LAB_NAME, check=False)
-        lifecycle.down(layout, progress=lambda _m: None)
+    remove_stale_labs("e2e-")
+    with running_lab(LAB_NAME, request) as running:
+        yield running
 
 
 def keep_logs(layout: LabLayout) -> None:

@@ -19,13 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from ocf_ravada.lab import lifecycle, vms
-from ocf_ravada.lab.layout import DEFAULT_ROOT, LabLayout
+from ocf_ravada.lab import vms
 from support import seqwriter
 from support.stack import require_stack
 
 import lab_ceph
-from lab_support import SESSION, Lab, keep_logs, run_cli
+from lab_support import SESSION, Lab, remove_stale_labs, running_lab
 
 pytestmark = [pytest.mark.lab, pytest.mark.ceph]
 
@@ -49,31 +48,12 @@ def require_ceph_stack() -> None:
         pytest.skip(message)
 
 
-def remove_stale_rbd_labs() -> None:
-    """Labs (and their Ceph daemons) of killed sessions of this module; live ones are someone's."""
-    if not DEFAULT_ROOT.is_dir():
-        return
-    for directory in DEFAULT_ROOT.glob("rbd-*"):
-        layout = LabLayout.for_lab(directory.name)
-        if time.time() - directory.stat().st_mtime > 120 and not lifecycle.is_up(layout):
-            lab_ceph.stop_recorded(layout)
-            lifecycle.down(layout, progress=lambda _m: None)
-
-
 @pytest.fixture(scope="module")
 def rbd_lab(installed, request):
     require_ceph_stack()
-    remove_stale_rbd_labs()
-    layout = LabLayout.for_lab(LAB_NAME)
-    failed_before = request.session.testsfailed
-    run_cli("up", "--nodes", str(NODES), "--name", LAB_NAME)
-    try:
-        yield Lab(layout)
-    finally:
-        if request.session.testsfailed > failed_before:
-            keep_logs(layout)
-        run_cli("down", "--name", LAB_NAME, check=False)
-        lifecycle.down(layout, progress=lambda _m: None)
+    remove_stale_labs("rbd-", before_down=lab_ceph.stop_recorded)
+    with running_lab(LAB_NAME, request, NODES) as lab:
+        yield lab
 
 
 @pytest.fixture(scope="module")
