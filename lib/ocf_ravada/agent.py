@@ -39,8 +39,10 @@ class Agent:
         return self.env.is_probe(self.action)
 
     def handlers(self) -> Mapping[str, Callable[[], int]]:
-        """Action name -> method; every advertised action must be here."""
-        raise NotImplementedError
+        """Action name -> method: by default the method named after each advertised action
+        ("reload-agent" -> reload_agent); an advertised action without one answers 3."""
+        methods = {a.name: getattr(self, a.name.replace("-", "_"), None) for a in self.info.actions}
+        return {name: method for name, method in methods.items() if callable(method)}
 
 
 def usage(info: AgentInfo) -> str:

@@ -18,7 +18,7 @@ import dataclasses
 import math
 import os
 import shutil
-from typing import Callable, Mapping
+from typing import Mapping
 
 from . import __version__, bounded, cib
 from .agent import Agent
@@ -156,15 +156,6 @@ def worth_writing(name: str, old: int | None, new: int, threshold_percent: int) 
 
 class NodeInfo(Agent):
     info = INFO
-
-    def handlers(self) -> Mapping[str, Callable[[], int]]:
-        return {
-            "start": self.start,
-            "stop": self.stop,
-            "monitor": self.monitor,
-            "reload-agent": self.reload_agent,
-            "validate-all": self.validate_all,
-        }
 
     @property
     def state(self) -> StateFile:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Callable, Mapping
 
 import libvirt
 
@@ -26,18 +25,6 @@ RUNNING_STATES = {libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_BLOCKED, libvir
 
 class VirtualDomain(Agent):
     info = INFO
-
-    def handlers(self) -> Mapping[str, Callable[[], int]]:
-        return {
-            "start": self.start,
-            "stop": self.stop,
-            "monitor": self.monitor,
-            "status": self.status,
-            "migrate_to": self.migrate_to,
-            "migrate_from": self.migrate_from,
-            "reload-agent": self.reload_agent,
-            "validate-all": self.validate_all,
-        }
 
     # -- shared pieces ---------------------------------------------------------------
 
