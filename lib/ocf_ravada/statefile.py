@@ -14,14 +14,18 @@ from typing import Any
 class StateFile:
     def __init__(self, directory: str, agent: str, resource: str) -> None:
         self.path = os.path.join(directory, f"{agent}-{resource}.state")
+        self._data: dict[str, Any] | None = None  # read once per action; Pacemaker never
+        # runs two actions of one resource on one node at the same time
 
     def load(self) -> dict[str, Any]:
-        try:
-            with open(self.path, encoding="utf-8") as handle:
-                data = json.load(handle)
-        except (OSError, ValueError):
-            return {}
-        return data if isinstance(data, dict) else {}
+        if self._data is None:
+            try:
+                with open(self.path, encoding="utf-8") as handle:
+                    data = json.load(handle)
+            except (OSError, ValueError):
+                data = {}
+            self._data = data if isinstance(data, dict) else {}
+        return dict(self._data)
 
     def save(self, data: dict[str, Any]) -> None:
         """Atomic replace, so a concurrent reader never sees half a file."""
@@ -37,6 +41,7 @@ class StateFile:
         except BaseException:
             os.unlink(tmp)
             raise
+        self._data = dict(data)
 
     def update(self, **changes: Any) -> dict[str, Any]:
         data = self.load()
@@ -45,6 +50,7 @@ class StateFile:
         return data
 
     def remove(self) -> None:
+        self._data = None
         try:
             os.unlink(self.path)
         except FileNotFoundError:
