@@ -10,10 +10,15 @@ SBINDIR   ?= $(PREFIX)/sbin
 AGENTS    := $(wildcard agents/*)
 COMMANDS  := $(wildcard tools/ravada-* tools/fence_*)
 PYPACKAGES:= lib/ocf_ravada $(wildcard placement/ravada_placement)
+# Installs a Python package directory (its .py and data files) under $(PYLIBDIR), replacing
+# an older copy whole (modules removed or moved since, such as the lab, must not linger).
+install_pypackage = rm -rf $(DESTDIR)$(PYLIBDIR)/$(notdir $(1)) && \
+	(cd $(dir $(1)) && find $(notdir $(1)) -name '*.py' -o -name '*.rng' -o -name '*.xml' \
+	| grep -v __pycache__ | while read f; do install -D -m 0644 $$f $(DESTDIR)$(PYLIBDIR)/$$f; done)
 
 .PHONY: all deps install uninstall test test-unit doc bench clean
 all:
-	@echo "targets: deps install test test-unit demo demo-down doc bench"
+	@echo "targets: deps install install-lab test test-unit demo demo-down doc bench"
 
 deps:
 	tools/install-deps
@@ -25,10 +30,7 @@ install:
 	    chmod 0755 $(DESTDIR)$(OCF_ROOT)/resource.d/ravada/$$(basename $$a); \
 	done
 	for c in $(COMMANDS); do install -m 0755 $$c $(DESTDIR)$(SBINDIR)/; done
-	for p in $(PYPACKAGES); do \
-	    (cd $$(dirname $$p) && find $$(basename $$p) -name '*.py' -o -name '*.rng' -o -name '*.xml' \
-	        | grep -v __pycache__ | while read f; do install -D -m 0644 $$f $(DESTDIR)$(PYLIBDIR)/$$f; done); \
-	done
+	$(foreach p,$(PYPACKAGES),$(call install_pypackage,$(p));)
 
 uninstall:
 	for a in $(AGENTS); do rm -f $(DESTDIR)$(OCF_ROOT)/resource.d/ravada/$$(basename $$a); done
@@ -37,7 +39,7 @@ uninstall:
 
 # The README's test command: installs what is missing (the lab's nodes run the installed
 # agents and fence agents), then every test, real stacks included.
-test: deps install
+test: deps install install-lab
 	$(PYTHON) -m pytest test
 
 test-unit:

@@ -1,9 +1,9 @@
-"""Shared test setup: the tree's lib/ and test/support on sys.path."""
+"""Shared test setup: the tree's lib/, lab/ and test/support on sys.path."""
 import os
 import sys
 
 TEST_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(TEST_DIR)
-for path in (os.path.join(REPO, "lib"), TEST_DIR):
+for path in (os.path.join(REPO, "lib"), os.path.join(REPO, "lab"), TEST_DIR):
     if path not in sys.path:
         sys.path.insert(0, path)

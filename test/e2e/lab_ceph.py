@@ -39,10 +39,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ceph"))   # microc
 from microceph import NODE_USER, POOL, MicroCeph, Node  # noqa: E402
 from rbd_domains import rbd_disk_xml  # noqa: E402
 
-from ocf_ravada.lab import vms  # noqa: E402
-from ocf_ravada.lab.domains import domain_xml  # noqa: E402
-from ocf_ravada.lab.layout import BRIDGE, SUBNET, LabLayout  # noqa: E402
-from ocf_ravada.lab.state import LabState  # noqa: E402
+from ravada_lab import vms  # noqa: E402
+from ravada_lab.domains import domain_xml  # noqa: E402
+from ravada_lab.layout import BRIDGE, SUBNET, LabLayout  # noqa: E402
+from ravada_lab.state import LabState  # noqa: E402
 from support import seqwriter  # noqa: E402
 
 # Far above the node addresses (.1-.16): the monitor's and OSD's address on the lab switch.

@@ -2,7 +2,7 @@
 and the helpers the end-to-end tests share (a module of its own: `conftest` is not a unique
 module name once the whole test tree is collected).
 
-The lab is driven through its command line (`tools/ravada-lab`) the way an admin would, and
+The lab is driven through its command line (`lab/ravada-lab`) the way an admin would, and
 observed from the host: crm_mon XML inside a node, QEMU processes found by namespace membership,
 each node's libvirtd through its private socket.
 """
@@ -19,14 +19,14 @@ from typing import Callable, Iterator
 
 import pytest
 
-from ocf_ravada.lab import lifecycle, vms
-from ocf_ravada.lab.cluster import ClusterView, observe, wait_until
-from ocf_ravada.lab.layout import DEFAULT_ROOT, LabLayout
-from ocf_ravada.lab.state import LabState, node_run
+from ravada_lab import lifecycle, vms
+from ravada_lab.cluster import ClusterView, observe, wait_until
+from ravada_lab.layout import DEFAULT_ROOT, LabLayout
+from ravada_lab.state import LabState, node_run
 from support.stack import require_stack
 
 TOP = Path(__file__).resolve().parents[2]
-RAVADA_LAB = [str(TOP / "tools" / "ravada-lab")]
+RAVADA_LAB = [str(TOP / "lab" / "ravada-lab")]
 # Per-session names: two test sessions on one host (a developer and CI) never share a lab.
 SESSION = f"{os.getpid() % 100000}"
 LAB_NAME = f"e2e-{SESSION}"
@@ -50,7 +50,8 @@ def require_lab_stack() -> None:
 
 def install_tree() -> None:
     """Pacemaker finds fence agents only in /usr/sbin and OCF agents only under /usr/lib/ocf."""
-    subprocess.run(["make", "-C", str(TOP), "install"], check=True, capture_output=True)
+    subprocess.run(["make", "-C", str(TOP), "install", "install-lab"], check=True,
+                   capture_output=True)
 
 
 @dataclass

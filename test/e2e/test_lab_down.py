@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from ocf_ravada.lab import procs
-from ocf_ravada.lab.layout import BRIDGE, LabLayout
-from ocf_ravada.lab.state import LabState
+from ravada_lab import procs
+from ravada_lab.layout import BRIDGE, LabLayout
+from ravada_lab.state import LabState
 
 from lab_support import RAVADA_LAB, SESSION, run_cli
 

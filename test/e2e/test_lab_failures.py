@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from ocf_ravada.lab import procs, vms
+from ravada_lab import procs, vms
 
 from lab_support import QemuWatch
 

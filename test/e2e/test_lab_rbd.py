@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from ocf_ravada.lab import vms
+from ravada_lab import vms
 from support import seqwriter
 from support.stack import require_stack
 

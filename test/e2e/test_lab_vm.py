@@ -3,7 +3,7 @@
 import libvirt
 import pytest
 
-from ocf_ravada.lab import vms
+from ravada_lab import vms
 
 from lab_support import QemuWatch
 

@@ -1,6 +1,7 @@
 """`make install` lays out a working installation (DESTDIR/PREFIX/OCF_ROOT aware)."""
 import os
 import subprocess
+from pathlib import Path
 
 from lxml import etree
 
@@ -14,7 +15,7 @@ def test_make_install_into_destdir_gives_agents_that_run_from_the_installed_libr
                     f"PYLIBDIR={pylib}"], check=True, capture_output=True)
     agent = dest / "usr/lib/ocf/resource.d/ravada/VirtualDomain"
     assert os.access(agent, os.X_OK)
-    assert (dest / "usr/sbin/fence_rbd").exists() and (dest / "usr/sbin/ravada-lab").exists()
+    assert (dest / "usr/sbin/fence_rbd").exists() and (dest / "usr/sbin/ravada-place").exists()
     assert (dest / pylib.lstrip("/") / "ocf_ravada/vdomain/agent.py").exists()
     # The installed agent looks for the library where it was installed (DESTDIR is only a
     # staging root, so point LIBRARY_DIR there for this run).
@@ -24,3 +25,32 @@ def test_make_install_into_destdir_gives_agents_that_run_from_the_installed_libr
     done = subprocess.run([str(agent), "meta-data"], capture_output=True, cwd="/")
     assert done.returncode == 0, done.stderr
     assert etree.fromstring(done.stdout).get("name") == "VirtualDomain"
+
+
+def _installed(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+
+
+def test_make_install_ships_no_lab_and_install_lab_ships_only_the_lab(tmp_path):
+    prod, lab = tmp_path / "prod", tmp_path / "lab"
+    for dest, targets in ((prod, ["install"]), (lab, ["install-lab"])):
+        subprocess.run(["make", "-s", "-C", REPO, *targets, f"DESTDIR={dest}"], check=True,
+                       capture_output=True)
+    production, lab_files = _installed(prod), _installed(lab)
+    assert "usr/sbin/fence_rbd" in production
+    assert not [f for f in production if "lab" in Path(f).name or "/ravada_lab/" in f], production
+    assert {"usr/sbin/ravada-lab", "usr/sbin/fence_ravada_lab",
+            "usr/lib/python3/dist-packages/ravada_lab/holder.py"} <= lab_files
+    assert not production & lab_files
+    # The installed lab commands run from the installed packages alone (no source tree).
+    both = tmp_path / "both"
+    subprocess.run(["make", "-s", "-C", REPO, "install", "install-lab", f"DESTDIR={both}"],
+                   check=True, capture_output=True)
+    program = ("import sys; sys.path[:0] = [sys.argv[1], '/usr/lib/python3/dist-packages']; "
+               "sys.argv = ['fence_ravada_lab', '-o', 'metadata']; "
+               "from ravada_lab.fence import main; sys.exit(main())")
+    library = str(both / "usr/lib/python3/dist-packages")
+    done = subprocess.run(["/usr/bin/python3", "-S", "-c", program, library], capture_output=True,
+                          cwd="/")
+    assert done.returncode == 0, done.stderr
+    assert etree.fromstring(done.stdout).get("name") == "fence_ravada_lab"

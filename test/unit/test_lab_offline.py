@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
-from ocf_ravada.lab import configs, fence
-from ocf_ravada.lab.errors import LabError
-from ocf_ravada.lab.layout import LabLayout, check_name, node_index
+from ravada_lab import configs, fence
+from ravada_lab.errors import LabError
+from ravada_lab.layout import LabLayout, check_name, node_index
 
 TOP = Path(__file__).resolve().parents[2]
-FENCE = [str(TOP / "tools" / "fence_ravada_lab")]
-RAVADA_LAB = [str(TOP / "tools" / "ravada-lab")]
+FENCE = [str(TOP / "lab" / "fence_ravada_lab")]
+RAVADA_LAB = [str(TOP / "lab" / "ravada-lab")]
 PACEMAKER_SCHEMA = Path("/usr/share/pacemaker/pacemaker-3.9.rng")
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .. import fenceagent
-from ..fenceagent import EXIT_OFF, EXIT_OK, Option
+from ocf_ravada import fenceagent
+from ocf_ravada.fenceagent import EXIT_OFF, EXIT_OK, Option
 from .errors import LabError
 from .layout import DEFAULT_NAME, DEFAULT_ROOT, LabLayout
 from .protocol import request

@@ -9,7 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
-import ocf_ravada
+import ravada_lab
 
 from . import configs, procs
 from .cluster import ClusterView, wait_until
@@ -47,7 +47,7 @@ def preflight(lab: LabLayout) -> None:
                        "install the packages with tools/install-deps)")
     if not FENCE_AGENT.exists():
         raise LabError(f"{FENCE_AGENT} is not installed; Pacemaker's fencer only finds fence "
-                       "agents there (run `make install`)")
+                       "agents there (run `make install-lab`)")
     if is_up(lab):
         raise LabError(f"lab {lab.name!r} is already up (ravada-lab status --name {lab.name})")
     if lab.root.exists():
@@ -67,10 +67,11 @@ def write_lab_files(lab: LabLayout, count: int) -> None:
 
 
 def start_controller(lab: LabLayout, count: int) -> None:
-    env = dict(os.environ, PYTHONPATH=str(Path(ocf_ravada.__file__).resolve().parent.parent))
+    # The controller runs from the ravada_lab this run imported (source tree or installed).
+    env = dict(os.environ, PYTHONPATH=str(Path(ravada_lab.__file__).resolve().parent.parent))
     with open(lab.controller_log, "ab") as log:
         controller = subprocess.Popen(
-            ["unshare", "--net", "--", PYTHON, "-m", "ocf_ravada.lab.controller",
+            ["unshare", "--net", "--", PYTHON, "-m", "ravada_lab.controller",
              "--name", lab.name, "--root", str(lab.root.parent), "--nodes", str(count)],
             env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
             cwd="/")
