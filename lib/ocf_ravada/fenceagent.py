@@ -10,6 +10,8 @@ import argparse
 import sys
 from typing import Callable, Iterable, NamedTuple, TextIO
 
+from .metadata import serialize
+
 ACTIONS = ("on", "off", "reboot", "status", "list", "monitor", "metadata", "validate-all")
 EXIT_OK, EXIT_FAIL, EXIT_OFF = 0, 1, 2
 # Keys Pacemaker or admins may pass that mean nothing to a device.
@@ -71,7 +73,7 @@ def metadata(agent: FenceAgent) -> bytes:
         if action == "on":
             attrs["automatic"] = "1" if agent.automatic_on else "0"
         etree.SubElement(actions, "action", attrs)
-    return etree.tostring(root, pretty_print=True, xml_declaration=True, encoding="UTF-8")
+    return serialize(root)
 
 
 def options_from_stdin(stream: Iterable[str]) -> dict[str, str]:

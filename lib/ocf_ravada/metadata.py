@@ -82,4 +82,16 @@ def to_xml(info: AgentInfo) -> bytes:
         if action.role:
             attrs["role"] = action.role
         etree.SubElement(actions, "action", attrs)
-    return etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True)
+    return serialize(root)
+
+
+def serialize(root) -> bytes:
+    """Agent metadata as every consumer reads it (also used by the fence agents).
+
+    crmsh parses the agent's output as text, and lxml refuses text that carries an encoding
+    declaration ("Cannot parse meta-data XML"): so no declaration, and ASCII with character
+    references, which means the same bytes whatever the reader decodes them as.
+    """
+    from lxml import etree
+
+    return etree.tostring(root, encoding="ASCII", xml_declaration=False, pretty_print=True)
