@@ -7,6 +7,7 @@ stay until `clear`).  Constraints of anybody else are never touched.
 from __future__ import annotations
 
 import copy
+import hashlib
 import re
 from dataclasses import dataclass
 
@@ -42,17 +43,29 @@ def parse_score(text: str) -> str:
 
 
 def _id_part(text: str) -> str:
-    # XML ids (NCName): keep what is safe, replace the rest.
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", text)
+    """`text` as part of an XML id (NCName characters); when characters had to be replaced,
+    a short hash of the original keeps two names apart (`vmé`, `vmè`)."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", text)
+    if safe == text:
+        return text
+    return f"{safe}-{hashlib.sha256(text.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
 
 
 def locations(plan: Plan, score: str) -> list[Location]:
+    """One location per resource of each moved unit (a group is constrained as a whole,
+    colocated VMs each), plus a drain's bans."""
     result = []
     for move in plan.moves:
-        result.append(Location(f"{CONSTRAINT_PREFIX}{_id_part(move.vm)}", move.vm, move.target, score))
-        if plan.drained and move.source == plan.drained:
-            result.append(Location(f"{CONSTRAINT_PREFIX}{_id_part(move.vm)}-avoid-{_id_part(plan.drained)}",
-                                   move.vm, plan.drained, "-" + INFINITY))
+        for rsc in plan.resources.get(move.vm, (move.vm,)):
+            result.append(Location(f"{CONSTRAINT_PREFIX}{_id_part(rsc)}", rsc, move.target, score))
+            if plan.drained and move.source == plan.drained:
+                result.append(Location(f"{CONSTRAINT_PREFIX}{_id_part(rsc)}-avoid-{_id_part(plan.drained)}",
+                                       rsc, plan.drained, "-" + INFINITY))
+    seen: dict[str, str] = {}
+    for location in result:
+        if seen.setdefault(location.id, location.rsc) != location.rsc:
+            raise InputError(f"resources {seen[location.id]!r} and {location.rsc!r} would share the "
+                             f"constraint id {location.id}; rename one of them")
     return result
 
 

@@ -91,6 +91,31 @@ def placements_after(graph: etree._Element, current: dict[str, str | None]) -> d
     return where
 
 
+ACTIVE_ROLES = ("Started", "Promoted", "Unpromoted", "Master", "Slave")
+
+
+def active_nodes(status: etree._Element) -> dict[str, set[str]]:
+    """Resource id -> nodes where it is active, from crm_mon's XML: primitives (clone
+    instances "p:1" under "p"), and every group, clone and bundle under its own id too."""
+    where: dict[str, set[str]] = {}
+    top = status.find("resources")
+    if top is None:
+        return where
+
+    def walk(element: etree._Element, owners: list[str]) -> None:
+        for child in element:
+            if child.tag == "resource":
+                nodes = {n.get("name") for n in child.iterfind("node") if n.get("name")}
+                if child.get("active") == "true" and child.get("role") in ACTIVE_ROLES and nodes:
+                    for rid in [child.get("id", "").split(":", 1)[0], *owners]:
+                        where.setdefault(rid, set()).update(nodes)
+            elif child.tag in ("group", "clone", "bundle", "replica"):
+                walk(child, owners + ([child.get("id")] if child.tag != "replica" else []))
+
+    walk(top, [])
+    return where
+
+
 def resource_locations(status: etree._Element) -> dict[str, str | None]:
     where: dict[str, str | None] = {}
     for rsc in status.iterfind("resources/resource"):

@@ -1,11 +1,19 @@
-"""Plans: place a batch, drain a node, rebalance with a bounded number of migrations."""
+"""Plans: place a batch, drain a node, rebalance with a bounded number of migrations.
+
+A batch that fits is placed largest first (each VM consuming capacity before the next).
+One that cannot all fit is planned for the most VMs placed: priority classes in turn
+(Pacemaker's `priority`, highest first, so a VM is never left out for a lower-priority one),
+each smallest first, tried with the policy's node choice and with best fit; then a VM left
+out may still go where moving one planned VM elsewhere makes room.  Of the plans that place
+the most, the one the policy rates best wins.  `bound` is how many could be placed at most.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .model import VM, Cluster, InputError
-from .policies import Policy
+from .model import SCORE_INFINITY, VM, Cluster, InputError
+from .policies import PackPolicy, Policy, tightest
 from .state import Limits, PlacementState
 
 
@@ -14,7 +22,7 @@ class Move:
     vm: str
     source: str | None     # None: the VM is not running now
     target: str
-    gain: float | None = None   # rebalance: how much this move lowered the imbalance
+    gain: float | None = None   # rebalance: how much this move lowered the objective
 
 
 @dataclass(frozen=True)
@@ -28,36 +36,48 @@ class Verdict:
 
 @dataclass
 class Plan:
-    kind: str                                   # place | drain | rebalance
+    kind: str                                   # place | drain | rebalance | clear
     moves: list[Move] = field(default_factory=list)
     failures: dict[str, str] = field(default_factory=dict)   # VM -> why it has no node
     explanations: dict[str, list[Verdict]] = field(default_factory=dict)
     drained: str | None = None
+    objective_name: str = "imbalance"
     imbalance_before: float | None = None
     imbalance_after: float | None = None
+    batch: int = 0                  # VMs asked for
+    bound: int | None = None        # at most this many of them can be placed (capacity bound)
+    shortfall: tuple[int, int] = (0, 0)     # (vCPUs, MiB) the cluster lacks for the left-out VMs
+    notes: list[str] = field(default_factory=list)
+    resources: dict[str, tuple[str, ...]] = field(default_factory=dict)   # unit -> its resources
 
     @property
     def complete(self) -> bool:
         return not self.failures
 
 
-def assign_batch(state: PlacementState, policy: Policy, vms: list[VM], plan: Plan, explain: bool) -> None:
+def _eligible_nodes(state: PlacementState, vm: VM, cache: dict) -> list[str]:
+    need = (vm.base, vm.banned, vm.allowed)
+    if need not in cache:
+        cache[need] = [node for node in state.loads if state.eligibility(vm, node) is None]
+    return cache[need]
+
+
+def assign_batch(state: PlacementState, policy: Policy, vms: list[VM], plan: Plan, explain: bool,
+                 key: Callable[[PlacementState, VM, str], tuple] | None = None) -> None:
     """Place every VM of the batch in this order, each one consuming capacity before the next."""
-    nodes = list(state.loads)
-    eligible_by_need: dict[tuple, list[str]] = {}
+    key = key or policy.key
+    cache: dict = {}
     policy.begin_batch(vms)
     for vm in vms:
-        need = (vm.base, vm.banned)
-        if need not in eligible_by_need:
-            eligible_by_need[need] = [node for node in nodes if state.eligibility(vm, node) is None]
+        blocked = state.blocked(vm) if vm.apart else ()
         best: tuple | None = None
-        for node in eligible_by_need[need]:
-            if state.fits(node, vm.cpu, vm.memory, policy.check_cpu):
-                key = policy.key(state, vm, node) + (node,)
-                if best is None or key < best:
-                    best = key
+        for node in _eligible_nodes(state, vm, cache):
+            if node not in blocked and state.fits(node, vm.cpu, vm.memory, policy.check_cpu):
+                candidate = key(state, vm, node) + (node,)
+                if best is None or candidate < best:
+                    best = candidate
         if explain:
-            plan.explanations[vm.name] = _verdicts(state, policy, vm, nodes, best[-1] if best else None)
+            plan.explanations[vm.name] = _verdicts(state, policy, vm, best[-1] if best else None)
         if best is None:
             plan.failures[vm.name] = _why_unplaceable(state, vm, policy)
         else:
@@ -67,31 +87,20 @@ def assign_batch(state: PlacementState, policy: Policy, vms: list[VM], plan: Pla
 
 
 def _refusal(state: PlacementState, policy: Policy, vm: VM, node: str) -> str | None:
-    return state.eligibility(vm, node) or state.shortage(node, vm.cpu, vm.memory, policy.check_cpu)
+    reason = state.eligibility(vm, node)
+    if reason is None and node in state.blocked(vm):
+        partners = sorted(other for other in vm.apart if state.where.get(other) == node)
+        reason = f"-INFINITY colocation with {', '.join(partners)}, which is there"
+    return reason or state.shortage(node, vm.cpu, vm.memory, policy.check_cpu)
 
 
-def _verdicts(state: PlacementState, policy: Policy, vm: VM, nodes: list[str], chosen: str | None) -> list[Verdict]:
+def _verdicts(state: PlacementState, policy: Policy, vm: VM, chosen: str | None) -> list[Verdict]:
     verdicts = []
-    for node in nodes:
+    for node in state.loads:
         reason = _refusal(state, policy, vm, node)
         ranking = "" if reason else policy.describe(policy.key(state, vm, node))
         verdicts.append(Verdict(node, reason, ranking, node == chosen))
     return verdicts
-
-
-def best_batch(make_state: Callable[[], PlacementState], policy: Policy, vms: list[VM], kind: str,
-               explain: bool, drained: str | None = None) -> Plan:
-    """Try the policy's batch orders; keep the first plan that places every VM, else the one
-    that places most (ties: the earlier order)."""
-    best: Plan | None = None
-    for order in policy.orders(vms, make_state()):
-        plan = Plan(kind, drained=drained)
-        assign_batch(make_state(), policy, order, plan, explain)
-        if best is None or len(plan.moves) > len(best.moves):
-            best = plan
-        if plan.complete:
-            break
-    return best if best is not None else Plan(kind, drained=drained)
 
 
 def _why_unplaceable(state: PlacementState, vm: VM, policy: Policy) -> str:
@@ -104,23 +113,191 @@ def _why_unplaceable(state: PlacementState, vm: VM, policy: Policy) -> str:
         biggest = max(sized, key=lambda n: (n.memory, n.cpu))
         return (f"larger than any node ({vm.cpu} vCPU / {vm.memory} MiB; biggest node {biggest.name}: "
                 f"{biggest.cpu} CPU / {biggest.memory} MiB)")
-    return "no node fits: " + "; ".join(f"{node}: {_refusal(state, policy, vm, node)}" for node in state.loads)
+    reasons = [f"{node}: {_refusal(state, policy, vm, node)}" for node in state.loads]
+    if len(reasons) > 4:
+        reasons = reasons[:4] + [f"and {len(reasons) - 4} more node(s)"]
+    return "no node fits: " + "; ".join(reasons)
+
+
+# -- a batch ---------------------------------------------------------------------------------
+
+def capacity_bound(state: PlacementState, vms: list[VM], check_cpu: bool) -> int:
+    """An upper bound on how many of `vms` any plan places: VMs that fit no eligible node
+    even empty are out, and the rest cannot use more than the free capacity summed over the
+    usable nodes, per resource (so the smallest ones are counted)."""
+    cache: dict = {}
+    candidates = []
+    for vm in vms:
+        for node in _eligible_nodes(state, vm, cache):
+            load = state.loads[node]
+            if (vm.memory <= load.memory_capacity(state.limits) - load.node.reserved[1]
+                    and (not check_cpu or vm.cpu <= load.cpu_capacity(state.limits) - load.node.reserved[0])):
+                candidates.append(vm)
+                break
+    free_cpu, free_memory = _free(state)
+    bound = _count_within(sorted(vm.memory for vm in candidates), free_memory)
+    if check_cpu:
+        bound = min(bound, _count_within(sorted(vm.cpu for vm in candidates), free_cpu))
+    return bound
+
+
+def _free(state: PlacementState) -> tuple[float, float]:
+    cpu = memory = 0.0
+    for node in state.usable:
+        load = state.loads[node]
+        cpu += max(load.cpu_capacity(state.limits) - load.cpu, 0)
+        memory += max(load.memory_capacity(state.limits) - load.memory, 0)
+    return cpu, memory
+
+
+def _count_within(sizes: list[int], capacity: float) -> int:
+    total = count = 0
+    for size in sizes:
+        total += size
+        if total > capacity:
+            break
+        count += 1
+    return count
+
+
+def smallest_first(vms: list[VM], state: PlacementState, check_cpu: bool) -> list[VM]:
+    """By dominant share of the free capacity, smallest first (ties: name)."""
+    free_cpu, free_memory = _free(state)
+    free_cpu, free_memory = free_cpu or 1.0, free_memory or 1.0
+    return sorted(vms, key=lambda vm: (max(vm.cpu / free_cpu if check_cpu else 0.0, vm.memory / free_memory),
+                                       vm.name))
+
+
+def make_room(state: PlacementState, policy: Policy, plan: Plan, left: list[VM], movable: dict[str, VM]) -> None:
+    """Place VMs left out where moving one planned VM (of `movable`) to another node frees
+    enough: remaining free space is often split across nodes in pieces too small for any VM
+    left out.  A VM shape that found no room is not tried again (bounded work)."""
+    cache: dict = {}
+    index = {move.vm: i for i, move in enumerate(plan.moves)}
+    hosted: dict[str, list[VM]] = {}
+    for name, vm in movable.items():
+        hosted.setdefault(state.where[name], []).append(vm)
+    failed: set[tuple] = set()
+    for vm in smallest_first(left, state, policy.check_cpu):
+        shape = (vm.cpu, vm.memory, vm.base, vm.banned, vm.allowed, vm.apart)
+        if shape in failed:
+            continue
+        targets: dict[tuple, list[str]] = {}      # a movable shape -> nodes it fits now
+        blocked = state.blocked(vm) if vm.apart else ()
+        done = False
+        for node in _eligible_nodes(state, vm, cache):
+            if node in blocked:
+                continue
+            load = state.loads[node]
+            need_cpu = vm.cpu - (load.cpu_capacity(state.limits) - load.cpu) if policy.check_cpu else 0
+            need_memory = vm.memory - (load.memory_capacity(state.limits) - load.memory)
+            for other in sorted(hosted.get(node, ()), key=lambda o: (o.memory, o.cpu, o.name)):
+                if other.memory < need_memory or other.cpu < need_cpu or other.apart or vm.name in other.apart:
+                    continue
+                other_shape = (other.cpu, other.memory, other.base, other.banned, other.allowed)
+                if other_shape not in targets:
+                    fits = [n for n in _eligible_nodes(state, other, cache)
+                            if state.fits(n, other.cpu, other.memory, policy.check_cpu)]
+                    targets[other_shape] = sorted(fits, key=lambda n: tightest(state, other, n) + (n,))
+                destination = next((n for n in targets[other_shape] if n != node), None)
+                if destination is None:
+                    continue
+                state.remove(other, node)
+                state.add(other, destination)
+                state.add(vm, node)
+                hosted[node].remove(other)
+                hosted.setdefault(destination, []).append(other)
+                plan.moves[index[other.name]] = Move(other.name, other.node, destination)
+                plan.moves.append(Move(vm.name, vm.node, node))
+                index[vm.name] = len(plan.moves) - 1
+                del plan.failures[vm.name]
+                plan.notes.append(f"{vm.name}: room made on {node} by planning {other.name} on {destination}")
+                if vm.name in plan.explanations:
+                    plan.explanations[vm.name] = [
+                        Verdict(v.node, None if v.node == node else v.excluded,
+                                f"room made by planning {other.name} on {destination}" if v.node == node
+                                else v.ranking, v.node == node) for v in plan.explanations[vm.name]]
+                done = True
+                break
+            if done:
+                break
+        if not done:
+            failed.add(shape)
+
+
+def _most_placed(make_state: Callable[[], PlacementState], policy: Policy, vms: list[VM], kind: str,
+                 explain: bool, drained: str | None) -> tuple[Plan, PlacementState]:
+    """The plan placing the most VMs of a batch that cannot all fit (see the module doc)."""
+    classes: dict[int, list[VM]] = {}
+    for vm in vms:
+        classes.setdefault(vm.priority, []).append(vm)
+    # Best fit and pack's "nodes in use first" leave fewer unusable fragments than spreading.
+    choosers = [policy.key, tightest] if policy.maximize else [policy.key]
+    if policy.maximize and policy.name.split("+")[0] != PackPolicy.name:
+        choosers.append(PackPolicy().key)
+    best: tuple | None = None
+    for rank, chooser in enumerate(choosers):
+        state, plan = make_state(), Plan(kind, drained=drained)
+        for priority in sorted(classes, reverse=True):
+            batch = classes[priority]
+            order = policy.arrange(smallest_first(batch, state, policy.check_cpu)) if policy.maximize else batch
+            assign_batch(state, policy, order, plan, explain, chooser)
+            left = [vm for vm in batch if vm.name in plan.failures]
+            if left and policy.maximize:
+                planned = {move.vm for move in plan.moves}
+                movable = {vm.name: vm for vm in batch if vm.name in planned and not vm.apart}
+                make_room(state, policy, plan, left, movable)
+        score = (-len(plan.moves), round(policy.objective(state), 9), rank)
+        if best is None or score < best[0]:
+            best = (score, plan, state)
+    return best[1], best[2]
+
+
+def place_batch(make_state: Callable[[], PlacementState], policy: Policy, vms: list[VM], kind: str,
+                explain: bool, drained: str | None = None) -> Plan:
+    """Try the policy's batch orders while the batch may fit entirely; keep the first plan
+    that places every VM.  Otherwise (or if none did) the plan that places the most."""
+    initial = make_state()
+    bound = capacity_bound(initial, vms, policy.check_cpu)
+    plan: Plan | None = None
+    final = initial
+    if bound >= len(vms):
+        for order in policy.orders(vms, initial):
+            state = make_state()
+            candidate = Plan(kind, drained=drained)
+            assign_batch(state, policy, order, candidate, explain)
+            if candidate.complete:
+                plan, final = candidate, state
+                break
+    if plan is None and vms:
+        plan, final = _most_placed(make_state, policy, vms, kind, explain, drained)
+    plan = plan or Plan(kind, drained=drained)
+    plan.batch, plan.bound = len(vms), bound
+    plan.objective_name = policy.objective_name
+    plan.resources = {vm.name: vm.resources for vm in vms if vm.resources != (vm.name,)}
+    if plan.failures:
+        left = [vm for vm in vms if vm.name in plan.failures]
+        free_cpu, free_memory = _free(final)
+        plan.shortfall = (max(0, int(sum(vm.cpu for vm in left) - free_cpu)) if policy.check_cpu else 0,
+                          max(0, int(sum(vm.memory for vm in left) - free_memory)))
+    return plan
 
 
 def plan_place(cluster: Cluster, policy: Policy, limits: Limits, names: list[str] | None = None,
                explain: bool = False) -> Plan:
-    """Place new or stopped VMs (all of them, or the ones named)."""
+    """Place new or stopped VMs (all of them, or the ones named: a VM, a group or a member)."""
     if names:
-        unknown = [name for name in names if name not in cluster.vms]
+        units = {name: cluster.unit_of(name) for name in names}
+        unknown = [name for name, unit in units.items() if unit is None]
         if unknown:
             raise InputError(f"unknown VM(s): {', '.join(unknown)}")
-        running = [f"{name} (on {cluster.vms[name].node})" for name in names if cluster.vms[name].node]
+        running = [f"{name} (on {cluster.vms[unit].node})" for name, unit in units.items() if cluster.vms[unit].node]
         if running:
             raise InputError(f"already running, use drain or rebalance to move: {', '.join(running)}")
-        batch = [cluster.vms[name] for name in dict.fromkeys(names)]
+        batch = [cluster.vms[unit] for unit in dict.fromkeys(units.values())]
     else:
         batch = [vm for vm in cluster.vms.values() if vm.node is None]
-    return best_batch(lambda: PlacementState(cluster, limits), policy, batch, "place", explain)
+    return place_batch(lambda: PlacementState(cluster, limits), policy, batch, "place", explain)
 
 
 def plan_drain(cluster: Cluster, policy: Policy, limits: Limits, node: str, explain: bool = False) -> Plan:
@@ -136,37 +313,49 @@ def plan_drain(cluster: Cluster, policy: Policy, limits: Limits, node: str, expl
         state.close(node, "being drained")
         return state
 
-    return best_batch(without_node, policy, leaving, "drain", explain, drained=node)
+    return place_batch(without_node, policy, leaving, "drain", explain, drained=node)
 
 
 def plan_rebalance(cluster: Cluster, limits: Limits, max_moves: int, min_gain: float = 0.01,
-                   same_user: bool = False, weights: tuple[float, float] = (1.0, 1.0)) -> Plan:
-    """hbal-like: repeatedly take the single migration that lowers imbalance most, at most
-    `max_moves` times, stopping when the best gain is below `min_gain`.  A VM moves at most
-    once; with `same_user`, a VM that shares its node with the same user's VMs stays."""
+                   same_user: bool = False, weights: tuple[float, float] = (1.0, 1.0),
+                   policy: Policy | None = None, score: int = 1000) -> Plan:
+    """hbal-like: repeatedly take the single migration that lowers the policy's objective
+    most (balanced: imbalance; pack: load concentrated on fewer nodes; ravada: VM-count
+    spread), at most `max_moves` times, stopping when the best gain is below `min_gain`.
+    A VM moves at most once; with `same_user`, a VM that shares its node with the same
+    user's VMs stays; a VM whose resource-stickiness is not below the constraint `score`
+    stays (Pacemaker would not move it)."""
+    from .policies import make_policy
+
     if max_moves < 0:
         raise InputError("--max-moves must be >= 0")
+    policy = policy or make_policy("balanced", False, weights)
     state = PlacementState(cluster, limits)
-
-    def imbalance(spread: tuple[float, float]) -> float:
-        return weights[0] * spread[0] + weights[1] * spread[1]
-
-    plan = Plan("rebalance", imbalance_before=imbalance(state.spread()))
+    plan = Plan("rebalance", objective_name=policy.objective_name, imbalance_before=policy.objective(state))
     moved: set[str] = set()
+    # A location score moves a running VM only if it beats the VM's stickiness.
+    sticky = sorted(vm.name for vm in cluster.vms.values() if vm.node in state.usable_set
+                    and vm.stickiness >= min(score, SCORE_INFINITY - 1) and vm.stickiness > 0)
+    if sticky:
+        plan.notes.append(f"not moved (resource-stickiness >= score {score}): {', '.join(sticky)}")
+    cache: dict = {}
     while len(plan.moves) < max_moves:
-        current = imbalance(state.spread())
+        current = policy.objective(state)
         best: tuple[float, str, str] | None = None
         for vm in cluster.vms.values():
-            if vm.node not in state.usable or vm.name in moved:
+            if vm.node not in state.usable_set or vm.name in moved or vm.name in sticky:
                 continue
-            if same_user and vm.user and state.loads[vm.node].users[vm.user] > 1:
+            source = state.where[vm.name]
+            if same_user and vm.user and state.loads[source].users[vm.user] > 1:
                 continue
-            for target in state.usable:
-                if target == vm.node or state.eligibility(vm, target) or state.shortage(target, vm.cpu, vm.memory):
+            blocked = state.blocked(vm) if vm.apart else ()
+            for target in _eligible_nodes(state, vm, cache):
+                if target == source or target in blocked or not state.fits(target, vm.cpu, vm.memory,
+                                                                          policy.check_cpu):
                     continue
-                after = state.spread(*state.spread_sums_after([(vm.node, -vm.cpu, -vm.memory),
-                                                               (target, vm.cpu, vm.memory)]))
-                candidate = (-round(current - imbalance(after), 12), vm.name, target)
+                after = policy.objective(state, [(source, -vm.cpu, -vm.memory, -1),
+                                                 (target, vm.cpu, vm.memory, 1)])
+                candidate = (-round(current - after, 12), vm.name, target)
                 if best is None or candidate < best:
                     best = candidate
         if best is None or -best[0] < min_gain:
@@ -176,5 +365,6 @@ def plan_rebalance(cluster: Cluster, limits: Limits, max_moves: int, min_gain: f
         state.add(vm, best[2])
         moved.add(vm.name)
         plan.moves.append(Move(vm.name, vm.node, best[2], -best[0]))
-    plan.imbalance_after = imbalance(state.spread())
+    plan.imbalance_after = policy.objective(state)
+    plan.resources = {vm.name: vm.resources for vm in cluster.vms.values() if vm.resources != (vm.name,)}
     return plan

@@ -17,6 +17,20 @@ class Policy:
     name = ""
     # Whether vCPUs are a hard limit (Ravada only ever checks memory).
     check_cpu = True
+    # Whether a batch that cannot all fit is planned for the most VMs placed (Ravada's rule
+    # serves requests in order, as Ravada does).
+    maximize = True
+    # What `objective` measures (rebalance lowers it; plans of equal size compare by it).
+    objective_name = "imbalance"
+
+    def objective(self, state: PlacementState, changes: list[tuple[str, int, int, int]] = ()) -> float:
+        """The policy's measure of the whole cluster (lower is better) after (node, cpu,
+        memory, VM count) changes; O(1) per change."""
+        raise NotImplementedError
+
+    def arrange(self, order: list[VM]) -> list[VM]:
+        """A batch order adjusted to the policy (same-user keeps a user's VMs consecutive)."""
+        return order
 
     def orders(self, vms: list[VM], state: PlacementState) -> list[list[VM]]:
         """The orders to try a batch in, best first; the planner keeps the first that places
@@ -46,6 +60,13 @@ def largest_first_then_arrival(vms: list[VM], state: PlacementState) -> list[lis
     return [decreasing, list(vms)]
 
 
+def tightest(state: PlacementState, vm: VM, node: str) -> tuple:
+    """Best fit: the node left fullest (its dominant resource) after taking the VM, so the
+    big holes stay for big VMs; used to place the most VMs of a batch that cannot all fit."""
+    cpu_after, memory_after = state.fraction(node, vm.cpu, vm.memory)
+    return (-round(max(cpu_after, memory_after), 9),)
+
+
 class RavadaPolicy(Policy):
     """Ravada's `_balance_free_memory`: fewest running VMs, then most free memory; only
     memory is checked; requests are served in the order given.
@@ -55,6 +76,14 @@ class RavadaPolicy(Policy):
     """
     name = "ravada"
     check_cpu = False
+    maximize = False
+    objective_name = "VM-count spread"
+
+    def objective(self, state: PlacementState, changes: list[tuple[str, int, int, int]] = ()) -> float:
+        """Standard deviation of the VM counts per node (Ravada balances by count)."""
+        total, squares = state.counts_after([(node, count) for node, _, _, count in changes])
+        n = len(state.usable) or 1
+        return math.sqrt(max(squares / n - (total / n) ** 2, 0.0))
 
     def key(self, state: PlacementState, vm: VM, node: str) -> tuple:
         load = state.loads[node]
@@ -76,6 +105,10 @@ class BalancedPolicy(Policy):
 
     def orders(self, vms: list[VM], state: PlacementState) -> list[list[VM]]:
         return largest_first_then_arrival(vms, state)
+
+    def objective(self, state: PlacementState, changes: list[tuple[str, int, int, int]] = ()) -> float:
+        spread = state.spread(*state.spread_sums_after([change[:3] for change in changes]))
+        return self.cpu_weight * spread[0] + self.memory_weight * spread[1]
 
     def key(self, state: PlacementState, vm: VM, node: str) -> tuple:
         # The O(1) update of state.spread() for one node, inlined: this runs nodes x VMs times.
@@ -102,6 +135,14 @@ class PackPolicy(Policy):
     """Use as few nodes as possible: best fit on nodes already in use; a new node is opened
     only when none fits, the largest first."""
     name = "pack"
+    objective_name = "pack spread"
+
+    def objective(self, state: PlacementState, changes: list[tuple[str, int, int, int]] = ()) -> float:
+        """Usable nodes minus the mean of the squared cpu and memory fractions summed over
+        them: it falls as load concentrates, and equals the number of empty nodes when
+        every node is either full or empty."""
+        _, squares = state.spread_sums_after([change[:3] for change in changes])
+        return len(state.usable) - (squares[0] + squares[1]) / 2
 
     def orders(self, vms: list[VM], state: PlacementState) -> list[list[VM]]:
         return largest_first_then_arrival(vms, state)
@@ -128,10 +169,18 @@ class SameUserPolicy(Policy):
         self.inner = inner
         self.name = f"{inner.name}+same-user"
         self.check_cpu = inner.check_cpu
+        self.maximize = inner.maximize
+        self.objective_name = inner.objective_name
         self.pending: dict[str, Counter] = defaultdict(Counter)
 
     def orders(self, vms: list[VM], state: PlacementState) -> list[list[VM]]:
         return [self._grouped(order) for order in self.inner.orders(vms, state)]
+
+    def arrange(self, order: list[VM]) -> list[VM]:
+        return self._grouped(self.inner.arrange(order))
+
+    def objective(self, state: PlacementState, changes: list[tuple[str, int, int, int]] = ()) -> float:
+        return self.inner.objective(state, changes)
 
     @staticmethod
     def _grouped(order: list[VM]) -> list[VM]:

@@ -14,16 +14,36 @@ def text(plan: Plan) -> str:
     lines = []
     for move in plan.moves:
         source = f"{move.source} -> " if move.source else ""
-        gain = f"  (imbalance -{move.gain:.4f})" if move.gain is not None else ""
+        gain = f"  ({plan.objective_name} -{move.gain:.4f})" if move.gain is not None else ""
         lines.append(f"{move.vm}: {source}{move.target}{gain}")
     for vm, reason in plan.failures.items():
         lines.append(f"{vm}: CANNOT {'MOVE' if plan.kind != 'place' else 'PLACE'}: {reason}")
+    if plan.failures and plan.batch:
+        lines.append(left_out(plan))
+    lines += plan.notes
     if plan.imbalance_before is not None:
-        lines.append(f"imbalance {plan.imbalance_before:.4f} -> {plan.imbalance_after:.4f} "
+        lines.append(f"{plan.objective_name} {plan.imbalance_before:.4f} -> {plan.imbalance_after:.4f} "
                      f"with {len(plan.moves)} move(s)")
     if not plan.moves and not plan.failures:
         lines.append("nothing to do")
     return "\n".join(lines)
+
+
+def left_out(plan: Plan) -> str:
+    """How many VMs have no node, and the smallest capacity change that would fit them."""
+    cpu, memory = plan.shortfall
+    needs = [f"{cpu} more vCPUs" if cpu else "", f"{memory} more MiB of memory" if memory else ""]
+    needs = [need for need in needs if need]
+    change = (f"needs {' and '.join(needs)}" if needs else
+              "the free capacity would suffice in total but is split across nodes or on nodes they may not use")
+    return f"left out: {len(plan.failures)} of {plan.batch} VM(s); to fit them the cluster {change}"
+
+
+def bound(plan: Plan) -> str:
+    placed = plan.batch - len(plan.failures)
+    share = f" ({placed / plan.bound:.0%} of the bound)" if plan.bound else ""
+    return (f"bound: at most {plan.bound} of {plan.batch} VM(s) can be placed (free capacity summed per "
+            f"resource); this plan places {placed}{share}")
 
 
 def removals(removed: list[str]) -> str:
@@ -31,7 +51,7 @@ def removals(removed: list[str]) -> str:
 
 
 def explain(plan: Plan) -> str:
-    lines = []
+    lines = [bound(plan)] if plan.bound is not None and plan.batch else []
     for vm, verdicts in plan.explanations.items():
         lines.append(f"{vm}:")
         for verdict in verdicts:
@@ -68,6 +88,10 @@ def as_json(plan: Plan, new: list[Location]) -> str:
         "moves": [{"vm": m.vm, "from": m.source, "to": m.target} | ({"gain": m.gain} if m.gain is not None else {})
                   for m in plan.moves],
         "failures": plan.failures,
+        "left_out": len(plan.failures),
+        "bound": plan.bound,
+        "shortfall": {"cpu": plan.shortfall[0], "hv_memory": plan.shortfall[1]},
+        "objective": plan.objective_name,
         "imbalance_before": plan.imbalance_before,
         "imbalance_after": plan.imbalance_after,
         "constraints": [vars(loc) for loc in new],

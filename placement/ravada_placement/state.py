@@ -23,6 +23,9 @@ class NodeLoad:
     vms: int = 0
     users: Counter = field(default_factory=Counter)
 
+    def copy(self) -> "NodeLoad":
+        return NodeLoad(self.node, self.cpu, self.memory, self.vms, Counter(self.users))
+
     def cpu_capacity(self, limits: Limits) -> float:
         return (self.node.cpu or 0) * limits.cpu_ratio
 
@@ -40,12 +43,24 @@ class PlacementState:
     def __init__(self, cluster: Cluster, limits: Limits) -> None:
         self.cluster = cluster
         self.limits = limits
-        self.loads = {name: NodeLoad(node) for name, node in cluster.nodes.items()}
+        # Resources that are not VMs (clone instances...) take their share first.
+        self.loads = {name: NodeLoad(node, *node.reserved) for name, node in cluster.nodes.items()}
         self.closed: dict[str, str] = {}      # node -> why it takes nothing in this plan
+        self.where: dict[str, str] = {}       # unit -> node, running or planned
+        self.usable_set: set[str] = set()     # filled by _recount, with the running sums
+        self.counts = [0, 0]
         for vm in cluster.vms.values():
             if vm.node is not None:
                 self._change(vm, vm.node, 1)
         self._recount()
+
+    def copy(self) -> "PlacementState":
+        other = object.__new__(PlacementState)
+        other.__dict__.update(self.__dict__)
+        other.loads = {name: load.copy() for name, load in self.loads.items()}
+        other.closed, other.where = dict(self.closed), dict(self.where)
+        other.sums, other.squares, other.counts = list(self.sums), list(self.squares), list(self.counts)
+        return other
 
     def _recount(self) -> None:
         self.usable = [node for node in self.loads if self.unusable(node) is None]
@@ -53,14 +68,23 @@ class PlacementState:
         fractions = [self.fraction(node) for node in self.usable]
         self.sums = [sum(f[i] for f in fractions) for i in (0, 1)]
         self.squares = [sum(f[i] ** 2 for f in fractions) for i in (0, 1)]
+        counts = [self.loads[node].vms for node in self.usable]
+        self.counts = [sum(counts), sum(c * c for c in counts)]
 
     def _change(self, vm: VM, node: str, sign: int) -> None:
         load = self.loads[node]
+        if node in self.usable_set:
+            self.counts[0] += sign
+            self.counts[1] += (load.vms + sign) ** 2 - load.vms ** 2
         load.cpu += sign * vm.cpu
         load.memory += sign * vm.memory
         load.vms += sign
         if vm.user:
             load.users[vm.user] += sign
+        if sign > 0:
+            self.where[vm.name] = node
+        elif self.where.get(vm.name) == node:
+            del self.where[vm.name]
 
     def add(self, vm: VM, node: str) -> None:
         self.sums, self.squares = self.spread_sums_after([(node, vm.cpu, vm.memory)])
@@ -69,6 +93,20 @@ class PlacementState:
     def remove(self, vm: VM, node: str) -> None:
         self.sums, self.squares = self.spread_sums_after([(node, -vm.cpu, -vm.memory)])
         self._change(vm, node, -1)
+
+    def counts_after(self, changes: list[tuple[str, int]]) -> tuple[float, float]:
+        """(sum, sum of squares) of VM counts over the usable nodes after (node, +-n) changes."""
+        total, squares = self.counts
+        for node, delta in changes:
+            if node in self.usable_set:
+                now = self.loads[node].vms
+                total += delta
+                squares += (now + delta) ** 2 - now ** 2
+        return total, squares
+
+    def blocked(self, vm: VM) -> set[str]:
+        """Nodes `vm` may not share now: where a unit it must keep apart from is."""
+        return {self.where[other] for other in vm.apart if other in self.where}
 
     def close(self, node: str, reason: str) -> None:
         self.closed[node] = reason
@@ -110,8 +148,10 @@ class PlacementState:
         reason = self.unusable(node)
         if reason:
             return reason
+        if vm.allowed is not None and node not in vm.allowed:
+            return "a mandatory constraint (+INFINITY location or colocation) puts it elsewhere"
         if node in vm.banned:
-            return "banned by an administrator's constraint"
+            return dict(vm.why_banned).get(node, "banned by an administrator's constraint")
         if vm.base and vm.base not in self.loads[node].node.bases:
             return f"base {vm.base!r} not present (node attribute ravada-base-{vm.base} not set)"
         return None

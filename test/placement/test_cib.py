@@ -10,6 +10,7 @@ import pytest
 from lxml import etree
 
 from placement_helpers import require_pacemaker_tools, require_tools, run_tool
+from ravada_placement import cib as cibmod
 from ravada_placement import cibgen
 from ravada_placement.model import VM, Cluster, Node
 
@@ -115,7 +116,25 @@ def test_vm_size_is_read_from_the_domain_xml_without_utilization(tmp_path):
     assert '"to": "n2"' in out
     domain.write_text("<domain><name>vmx</name></domain>")
     proc = run_tool("place", "--cib", str(tmp_path / "cib.xml"))
-    assert proc.returncode == 1 and "lacks <vcpu>" in proc.stderr
+    assert proc.returncode == 1 and "lacks <memory>" in proc.stderr
+
+
+@pytest.mark.parametrize("vcpu, memory, size", [
+    ("", "<memory unit='KiB'>2098175</memory>", (1, 2048)),         # libvirt's default: 1 vCPU
+    ("<vcpu current='2'>6</vcpu>", "<memory unit='b'>2147482623</memory>", (2, 2047)),
+    ("<vcpu>3</vcpu>", "<memory unit='MB'>1000</memory>", (3, 953)),   # rounded down, as the agent
+])
+def test_domain_xml_size_is_counted_as_the_vm_agent_publishes_it(tmp_path, vcpu, memory, size):
+    domain = tmp_path / "vm.xml"
+    domain.write_text(f"<domain type='kvm'><name>vmx</name>{vcpu}{memory}</domain>")
+    cluster = Cluster({"n1": Node("n1", 8, 65536)}, {})
+    cib = cibgen.live_like_cib(cluster)
+    primitive = etree.SubElement(cib.find("configuration/resources"), "primitive", id="vmx", type="VirtualDomain",
+                                 provider="heartbeat", **{"class": "ocf"})
+    attrs = etree.SubElement(primitive, "instance_attributes", id="vmx-ia")
+    etree.SubElement(attrs, "nvpair", id="vmx-config", name="config", value=str(domain))
+    _, read, _ = cibmod.read_cluster(save(cib, tmp_path / "cib.xml"))
+    assert (read.vms["vmx"].cpu, read.vms["vmx"].memory) == size
 
 
 def test_configuration_without_status_plans_as_if_all_nodes_were_up(tmp_path):

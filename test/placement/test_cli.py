@@ -79,4 +79,8 @@ def test_unknown_vm_or_node_and_bad_options(tmp_path):
     assert run_tool("place", "--json", path, "--cpu-ratio", "0").returncode == 2
     assert run_tool("place", "--json", path, "--apply").returncode == 1
     assert run_tool("clear", "--json", path).returncode == 1
-    assert run_tool("rebalance", "--json", path, "--policy", "pack").returncode == 1
+    for odd in ("nan", "inf", "-1"):
+        proc = run_tool("rebalance", "--json", path, "--cpu-weight", odd)
+        assert proc.returncode == 1 and len(proc.stderr.splitlines()) == 1, proc.stderr
+    usage = run_tool("place", "--json", path, "--cpu-ratio", "nan")
+    assert usage.returncode == 2 and len(usage.stderr.splitlines()) == 1 and "Traceback" not in usage.stderr
