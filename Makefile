@@ -6,6 +6,8 @@ OCF_ROOT  ?= /usr/lib/ocf
 # Debian's python3 imports from here whatever PREFIX is.
 PYLIBDIR  ?= /usr/lib/python3/dist-packages
 SBINDIR   ?= $(PREFIX)/sbin
+MANDIR    ?= $(PREFIX)/share/man
+VERSION   := $(shell sed -n 's/^version *= *//p' setup.cfg)
 
 AGENTS    := $(wildcard agents/*)
 COMMANDS  := $(wildcard tools/ravada-* tools/fence_*)
@@ -16,15 +18,18 @@ install_pypackage = rm -rf $(DESTDIR)$(PYLIBDIR)/$(notdir $(1)) && \
 	(cd $(dir $(1)) && find $(notdir $(1)) -name '*.py' -o -name '*.rng' -o -name '*.xml' \
 	| grep -v __pycache__ | while read f; do install -D -m 0644 $$f $(DESTDIR)$(PYLIBDIR)/$$f; done)
 
-.PHONY: all deps install uninstall test test-unit doc bench clean
+.PHONY: all deps man install uninstall test test-unit doc bench clean
 all:
-	@echo "targets: deps install install-lab test test-unit demo demo-down doc bench"
+	@echo "targets: deps install install-lab test test-unit demo demo-down doc bench man deb"
 
 deps:
 	tools/install-deps
 
-install:
+install: man
 	install -d $(DESTDIR)$(OCF_ROOT)/resource.d/ravada $(DESTDIR)$(PYLIBDIR) $(DESTDIR)$(SBINDIR)
+	install -d $(DESTDIR)$(MANDIR)/man7 $(DESTDIR)$(MANDIR)/man8
+	install -m 0644 $(filter %.7,$(MAN_PAGES)) $(DESTDIR)$(MANDIR)/man7/
+	install -m 0644 $(filter %.8,$(MAN_PAGES)) $(DESTDIR)$(MANDIR)/man8/
 	for a in $(AGENTS); do \
 	    sed -e 's|^LIBRARY_DIR = .*|LIBRARY_DIR = "$(PYLIBDIR)"|' $$a > $(DESTDIR)$(OCF_ROOT)/resource.d/ravada/$$(basename $$a); \
 	    chmod 0755 $(DESTDIR)$(OCF_ROOT)/resource.d/ravada/$$(basename $$a); \
@@ -33,6 +38,7 @@ install:
 	$(foreach p,$(PYPACKAGES),$(call install_pypackage,$(p));)
 
 uninstall:
+	rm -f $(MAN_PAGES:$(MANBUILD)/%=$(DESTDIR)$(MANDIR)/%)
 	for a in $(AGENTS); do rm -f $(DESTDIR)$(OCF_ROOT)/resource.d/ravada/$$(basename $$a); done
 	for c in $(COMMANDS); do rm -f $(DESTDIR)$(SBINDIR)/$$(basename $$c); done
 	for p in $(PYPACKAGES); do rm -rf $(DESTDIR)$(PYLIBDIR)/$$(basename $$p); done
@@ -56,5 +62,7 @@ bench:
 
 clean:
 	find . -name __pycache__ -prune -exec rm -rf {} +
+	rm -rf build
 
--include mk/*.mk
+include mk/man.mk
+-include $(filter-out mk/man.mk,$(wildcard mk/*.mk))

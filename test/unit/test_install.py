@@ -37,10 +37,12 @@ def test_make_install_ships_no_lab_and_install_lab_ships_only_the_lab(tmp_path):
         subprocess.run(["make", "-s", "-C", REPO, *targets, f"DESTDIR={dest}"], check=True,
                        capture_output=True)
     production, lab_files = _installed(prod), _installed(lab)
-    assert "usr/sbin/fence_rbd" in production
+    assert {"usr/sbin/fence_rbd", "usr/share/man/man7/ocf_ravada_VirtualDomain.7",
+            "usr/share/man/man8/fence_rbd.8", "usr/share/man/man8/ravada-place.8"} <= production
     assert not [f for f in production if "lab" in Path(f).name or "/ravada_lab/" in f], production
     assert {"usr/sbin/ravada-lab", "usr/sbin/fence_ravada_lab",
-            "usr/lib/python3/dist-packages/ravada_lab/holder.py"} <= lab_files
+            "usr/lib/python3/dist-packages/ravada_lab/holder.py",
+            "usr/share/man/man8/ravada-lab.8", "usr/share/man/man8/fence_ravada_lab.8"} <= lab_files
     assert not production & lab_files
     # The installed lab commands run from the installed packages alone (no source tree).
     both = tmp_path / "both"
