@@ -218,9 +218,15 @@ def _run(args: argparse.Namespace) -> int:
 def _show_simulation(plan: Plan, cluster: Cluster, new_cib, with_status: bool) -> None:
     nodes_up = [] if with_status else list(cluster.nodes)
     where = simulate(new_cib, nodes_up)
-    planned = {rsc: move.target for move in plan.moves for rsc in plan.resources.get(move.vm, (move.vm,))}
+    def primitives(rsc: str) -> list[str]:
+        """A group's members (the graph names primitives), else the resource itself."""
+        group = new_cib.find(f"configuration/resources/group[@id='{rsc}']") if "'" not in rsc else None
+        return [p.get("id") for p in group.iterfind("primitive")] if group is not None else [rsc]
+
+    planned = {primitive: move.target for move in plan.moves
+               for rsc in plan.resources.get(move.vm, (move.vm,)) for primitive in primitives(rsc)}
     print("simulation (crm_simulate):")
-    for rsc in [rsc for vm in cluster.vms.values() for rsc in vm.resources]:
+    for rsc in [p for vm in cluster.vms.values() for rsc in vm.resources for p in primitives(rsc)]:
         actual = where.get(rsc)
         note = ""
         if rsc in planned:
