@@ -140,5 +140,10 @@ def apply(old: etree._Element, new: etree._Element) -> None:
                     ok_codes=(0, 1))
         if not patch.strip():
             return
-        patch_path.write_text(patch)
+        # The digest pins the whole result, status included: cibadmin would then refuse the
+        # patch whenever anything else changed (and always on a CIB_file); our deletions and
+        # additions are what must apply, and the caller checked the configuration version.
+        diff = etree.fromstring(patch.encode(), etree.XMLParser(resolve_entities=False, no_network=True))
+        diff.attrib.pop("digest", None)
+        patch_path.write_bytes(etree.tostring(diff))
         run(["cibadmin", "--patch", "--xml-file", str(patch_path)])
