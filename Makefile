@@ -12,11 +12,8 @@ VERSION   := $(shell sed -n 's/^version *= *//p' setup.cfg)
 AGENTS    := $(wildcard agents/*)
 COMMANDS  := $(wildcard tools/ravada-* tools/fence_*)
 PYPACKAGES:= lib/ocf_ravada $(wildcard placement/ravada_placement)
-# Installs a Python package directory (its .py and data files) under $(PYLIBDIR), replacing
-# an older copy whole (modules removed or moved since, such as the lab, must not linger).
-install_pypackage = rm -rf $(DESTDIR)$(PYLIBDIR)/$(notdir $(1)) && \
-	(cd $(dir $(1)) && find $(notdir $(1)) -name '*.py' -o -name '*.rng' -o -name '*.xml' \
-	| grep -v __pycache__ | while read f; do install -D -m 0644 $$f $(DESTDIR)$(PYLIBDIR)/$$f; done)
+# Installs a Python package directory under $(PYLIBDIR) (and prunes what an older one left).
+install_pypackage = mk/install-pypackage $(1) $(DESTDIR)$(PYLIBDIR)
 
 .PHONY: all deps man install uninstall test test-unit doc bench clean
 all:

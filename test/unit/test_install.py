@@ -56,3 +56,23 @@ def test_make_install_ships_no_lab_and_install_lab_ships_only_the_lab(tmp_path):
                           cwd="/")
     assert done.returncode == 0, done.stderr
     assert etree.fromstring(done.stdout).get("name") == "fence_ravada_lab"
+
+
+def test_reinstall_removes_modules_an_older_install_left_behind(tmp_path):
+    """An upgrade over an install that still had the lab inside ocf_ravada, and a removed
+    module: neither stays importable; the package itself is updated in place, not removed."""
+    dest = tmp_path / "root"
+    make = ["make", "-s", "-C", REPO, "install", f"DESTDIR={dest}"]
+    subprocess.run(make, check=True, capture_output=True)
+    package = dest / "usr/lib/python3/dist-packages/ocf_ravada"
+    stale = [package / "lab/__init__.py", package / "lab/fence.py", package / "gone.py"]
+    for path in stale:
+        path.parent.mkdir(exist_ok=True)
+        path.write_text("raise ImportError('stale')\n")
+    (package / "lab/__pycache__").mkdir()
+    (package / "lab/__pycache__/fence.cpython-311.pyc").write_bytes(b"")
+    directory = package.stat().st_ino
+    subprocess.run(make, check=True, capture_output=True)
+    assert not [p for p in stale if p.exists()] and not (package / "lab").exists()
+    assert (package / "agent.py").exists() and (package / "vdomain/agent.py").exists()
+    assert package.stat().st_ino == directory, "the package directory was replaced, not updated"
