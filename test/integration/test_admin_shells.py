@@ -1,11 +1,11 @@
-"""The crm shell (crmsh, as Debian ships it) reads and configures every agent we install.
+"""Both admin shells, crm (crmsh) and pcs as Debian ships them, read and configure every agent.
 
-crmsh asks Pacemaker's `crm_resource --show-metadata`, which finds OCF agents only under
+Both ask Pacemaker's `crm_resource --show-metadata`, which finds OCF agents only under
 /usr/lib/ocf/resource.d and fence agents only in /usr/sbin (no environment variable moves
 them).  So the tree is installed with `make install install-lab DESTDIR=...` and that staging
 root is laid over the host's directories with read-only overlays in a private mount namespace:
 crm sees an installed system, the host's files stay untouched.  The CIB is a file (CIB_file),
-so no cluster has to run; `crm configure` commits into it and runs crm_verify on it.
+so no cluster has to run; `crm configure` and `pcs -f` commit into it.
 """
 
 from __future__ import annotations
@@ -64,7 +64,8 @@ class Installed:
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> Installed:
-    require_stack("crmsh", "crm", "crm_resource", "cibadmin", "crm_verify", "unshare", "mount")
+    require_stack("the admin shells", "crm", "pcs", "crm_resource", "cibadmin", "crm_verify",
+                  "unshare", "mount")
     root = tmp_path_factory.mktemp("crmsh-root")
     assert ":" not in str(root) and "," not in str(root)  # overlay option syntax
     subprocess.run(["make", "-s", "-C", str(TOP), "install", "install-lab", f"DESTDIR={root}"],
@@ -160,3 +161,31 @@ commit
     assert 'fence2: parameter "no_such_option" is not known' in said
     assert "Cannot parse meta-data" not in said
     assert empty_cib.cib.read_text() == before, "crm committed a configuration it refused"
+
+
+def test_pcs_describes_every_agent_without_warnings(installed):
+    for agent in all_agents(installed):
+        kind, name = ("stonith", agent.split(":")[1]) if agent.startswith("stonith:") \
+            else ("resource", agent)
+        done = installed.run("pcs", kind, "describe", name)
+        assert done.returncode == 0, (agent, done.stderr)
+        assert "Warning" not in done.stderr and "Error" not in done.stderr, done.stderr
+        missing = [p for p in installed.parameters(agent) if p not in done.stdout]
+        assert not missing, f"pcs {kind} describe {name} does not show {missing}"
+
+
+def test_pcs_creates_our_resources_and_refuses_unknown_options(empty_cib):
+    cib = str(empty_cib.cib)
+    for argv in (["resource", "create", "vm1", "ocf:ravada:VirtualDomain", "config=/etc/vm1.xml",
+                  "migration_transport=ssh", "meta", "allow-migrate=true"],
+                 ["resource", "create", "nodeinfo", "ocf:ravada:nodeinfo", "clone"],
+                 ["stonith", "create", "storage-fence", "fence_rbd", "pcmk_host_list=node1 node2",
+                  "ceph_id=admin"]):
+        done = empty_cib.run("pcs", "-f", cib, *argv)
+        assert done.returncode == 0, (argv, done.stderr)
+    assert subprocess.run(["crm_verify", "--xml-file", cib]).returncode == 0
+    before = empty_cib.cib.read_text()
+    done = empty_cib.run("pcs", "-f", cib, "resource", "create", "vm2",
+                         "ocf:ravada:VirtualDomain", "config=/etc/vm2.xml", "no_such_param=1")
+    assert done.returncode != 0 and "invalid resource option 'no_such_param'" in done.stderr
+    assert empty_cib.cib.read_text() == before
