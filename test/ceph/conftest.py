@@ -13,7 +13,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))          # microceph, qemu_io (lib/ comes from test/conftest.py)
 
 from microceph import MicroCeph  # noqa: E402
+from node_agent import NodeAgent  # noqa: E402
 from qemu_io import QemuIO  # noqa: E402
+from ocf_ravada.rbd import CephSession  # noqa: E402
 from support.libvirt_node import LibvirtNode  # noqa: E402
 from support.stack import require_stack as require_real_stack  # noqa: E402
 
@@ -70,6 +72,29 @@ def qemu(ceph):
     yield spawn
     for proc in started:
         proc.kill()
+
+
+@pytest.fixture
+def agents(ceph):
+    """agents(node, image, ...) -> a NodeAgent (the agent's storage half starting a 'VM' on that
+    node); every one is closed (its QEMU ended) after the test."""
+    started: list[NodeAgent] = []
+
+    def start(node: str, spec: str, **kwargs) -> NodeAgent:
+        agent = NodeAgent(ceph, node, spec, **kwargs)
+        started.append(agent)
+        return agent
+
+    yield start
+    for agent in started:
+        agent.close()
+
+
+@pytest.fixture
+def admin(ceph):
+    """A session of client.admin (the test's own view of the cluster)."""
+    with CephSession(str(ceph.conf), "admin", str(ceph.admin_keyring)) as session:
+        yield session
 
 
 @pytest.fixture

@@ -2,13 +2,16 @@
 image through its RBD driver, the agent run as Pacemaker runs it."""
 from __future__ import annotations
 
+import os
+import signal
 import time
 import uuid
 
 import libvirt
 import pytest
 
-from microceph import NODE_USER
+from microceph import NODE_USER, ROOT_NODE
+from node_agent import record_of
 from rbd_domains import ceph_secret, rbd_disk_xml
 from support.libvirt_node import domain_xml
 
@@ -106,3 +109,59 @@ def test_unknown_lock_policy_is_a_configuration_error(libvirt_node, rbd_vm):
     started = libvirt_node.agent("start", {**params, "rbd_lock_policy": "yolo"}, {"timeout": "20000"})
     assert started.returncode == 6
     assert "expected one of off, check, recover" in started.stderr
+
+
+def hmp_write(node, name: str, pattern: int) -> str:
+    """The VM's own QEMU writes its disk, as its guest would: HMP qemu-io on the virtio disk's
+    block backend (device path from libvirt's alias of the disk)."""
+    import libvirt_qemu
+    from lxml import etree
+
+    conn = node.connect()
+    try:
+        dom = conn.lookupByName(name)
+        alias = etree.fromstring(dom.XMLDesc()).find("devices/disk/alias").get("name")
+        return libvirt_qemu.qemuMonitorCommand(
+            dom, f'qemu-io -d /machine/peripheral/{alias}/virtio-backend "write -P {pattern:#x} 0 4k"',
+            libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP)
+    finally:
+        conn.close()
+
+
+def test_frozen_vm_that_never_wrote_is_cut_off_before_a_start_elsewhere(
+        ceph, libvirt_node, rbd_vm, agents, admin, image):
+    """The agent's start records QEMU's client address; a start on another node blocklists
+    exactly that QEMU even though it never wrote (no lock) and its watch has expired."""
+    params, name, img = rbd_vm
+    meta = {"timeout": "30000", "on_node": ROOT_NODE}
+    started = libvirt_node.agent("start", params, meta)
+    assert started.returncode == 0, started.stderr
+    recorded = record_of(admin, image).owner
+    assert recorded.node == ROOT_NODE and len(recorded.addrs) == 1, recorded
+    assert ceph.image_state(img)["lockers"] == []          # the disk-less guest never writes
+    qemu_pid = libvirt_node.qemu_pid(name)
+    os.kill(qemu_pid, signal.SIGSTOP)
+    try:
+        elsewhere = agents("node-b", image, deadline=40, pattern="0xbb")
+        assert elsewhere.allowed, elsewhere.result
+        assert any(recorded.addrs[0] in action for action in elsewhere.result["actions"])
+    finally:
+        os.kill(qemu_pid, signal.SIGCONT)
+    hmp_write(libvirt_node, name, 0xAA)            # qemu-io prints to QEMU's log, not HMP
+    log = libvirt_node.domain_log(name)
+    assert "write failed" in log and "shutdown" in log.lower(), log[-2000:]
+    assert ceph.read(img, 0, 4096) == b"\xbb" * 4096
+
+    monitor = libvirt_node.agent("monitor", params, {"interval": "10000", "timeout": "20000", "on_node": ROOT_NODE})
+    assert monitor.returncode == 1 and "node-b" in monitor.stderr, monitor.stderr
+    stopped = libvirt_node.agent("stop", {**params, "force_stop": "1"}, meta)
+    assert stopped.returncode == 0, stopped.stderr
+    assert record_of(admin, image).owner.node == "node-b"   # the stale side's stop leaves it alone
+
+
+def test_start_logs_its_wait_for_a_watch(libvirt_node, rbd_vm, qemu, image):
+    params, _name, _img = rbd_vm
+    owner = qemu("node-b", image)
+    started = libvirt_node.agent("start", params, {"timeout": "8000"})
+    assert started.returncode == 1
+    assert "waiting up to" in started.stderr and owner.addr in started.stderr, started.stderr

@@ -181,6 +181,16 @@ class LibvirtNode:
         return subprocess.run(self.nsenter() + [PYTHON, agent, action], env=environ,
                               capture_output=True, text=True, timeout=timeout)
 
+    def qemu_pid(self, name: str) -> int:
+        """The QEMU process of domain `name` (libvirt's pid file in the node's /run)."""
+        with open(f"/proc/{self.holder.pid}/root/run/libvirt/qemu/{name}.pid") as handle:
+            return int(handle.read().strip())
+
+    def domain_log(self, name: str) -> str:
+        """QEMU's log of domain `name` (its stdout/stderr, kept by virtlogd)."""
+        with open(f"/proc/{self.holder.pid}/root/var/log/libvirt/qemu/{name}.log", errors="replace") as handle:
+            return handle.read()
+
     def qemu_pids(self) -> list[int]:
         """QEMU processes of this node, from libvirt's pid files in the node's /run."""
         if self.holder is None:

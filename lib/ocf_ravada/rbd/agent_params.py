@@ -57,10 +57,10 @@ RBD_PARAMETERS: tuple[Parameter, ...] = (
 )
 
 
-def open_guard(values: Mapping[str, Any], local_node: str, deadline):
+def open_guard(values: Mapping[str, Any], local_node: str, deadline, log=None):
     """A connected guard (RbdGuard) for the agent's parameter values, or None with
     rbd_lock_policy=off. The connection is bounded by min(10 s, a third of what the deadline
-    has left)."""
+    has left); `log` receives the guard's notable steps (its waits)."""
     from .guard import Policy, RbdGuard
     from .nodes import NodeMap
 
@@ -70,7 +70,7 @@ def open_guard(values: Mapping[str, Any], local_node: str, deadline):
     timeout = max(1.0, min(CONNECT_TIMEOUT, deadline.remaining() / 3))
     return RbdGuard.open(values["ceph_conf"], values["ceph_id"], values["ceph_keyring"] or None,
                          timeout=timeout, policy=policy, node_map=NodeMap.from_cib(timeout=timeout),
-                         local_node=local_node,
+                         local_node=local_node, log=log,
                          watch_only_ips=(values["rbd_watch_only_ips"] or "").replace(",", " ").split())
 
 

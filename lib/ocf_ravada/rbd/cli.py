@@ -1,7 +1,9 @@
 """ravada-rbd: look at and safely release the locks of RBD images used by VMs.
 
-  ravada-rbd status POOL/IMAGE          who has it open (with node names), lock owner, fences
-  ravada-rbd release POOL/IMAGE         fence + break a stale lock (same rules as the agent)
+  ravada-rbd status POOL/IMAGE          who has it open (with node names), lock owner, owner
+                                        record, fences
+  ravada-rbd release POOL/IMAGE         fence + break a stale lock, clear the owner record
+                                        (same rules as the agent)
              [--dry-run] [--force-after-fence]
   ravada-rbd whoami                     this node's Ceph client IP(s), as the cluster sees them
   ravada-rbd publish [--node NODE]      store them in the node attribute ravada-ceph-addrs
@@ -19,10 +21,11 @@ from .addresses import ClientAddr
 from .cluster import CephSession
 from .disks import RbdDisk
 from .errors import BadDiskSpec, RbdError
-from .fencing import fenced_ips
+from . import owner
 from .guard import Policy, RbdGuard
 from .image_state import ImageState, read_image_state
-from .nodes import NodeMap, own_ceph_ips, pacemaker_fenced, publish_node_addrs
+from .nodes import NodeMap, own_ceph_ips, publish_node_addrs
+from .owner import OwnerRecord
 
 PROG = "ravada-rbd"
 
@@ -50,7 +53,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def describe(state: ImageState, guard: RbdGuard, blocklisted: list[str]) -> dict:
+def describe(state: ImageState, record: OwnerRecord, guard: RbdGuard, blocklisted: list[str]) -> dict:
     def who(addr: ClientAddr) -> dict:
         return {"addr": str(addr), "node": guard.node_map.node_of(addr)}
     if state.foreign_lock:
@@ -59,6 +62,8 @@ def describe(state: ImageState, guard: RbdGuard, blocklisted: list[str]) -> dict
         verdict = "in use"
     elif state.holders:
         verdict = "stale lock (owner has no watch): 'release' fences and breaks it"
+    elif not record.empty:
+        verdict = "not open, but an owner is recorded: a start elsewhere fences it first"
     else:
         verdict = "free"
     return {
@@ -68,6 +73,10 @@ def describe(state: ImageState, guard: RbdGuard, blocklisted: list[str]) -> dict
             "tag": state.lock_tag,
             "holders": [{**who(h.addr), "entity": h.entity, "cookie": h.cookie,
                          "live": state.is_watched_by(h.addr)} for h in state.holders]},
+        "owner_record": None if record.empty else {
+            "epoch": record.epoch, "since": record.since, "description": record.describe(),
+            "owner": record.owner.to_json() if record.owner else None,
+            "incoming": record.incoming.to_json() if record.incoming else None},
         "blocklisted": blocklisted,
         "verdict": verdict,
     }
@@ -84,19 +93,10 @@ def print_status(info: dict) -> None:
                   f"{info['lock']['tag']!r} cookie {h['cookie']!r} {'live' if h['live'] else 'STALE'}")
     else:
         print("lock:       none")
+    record = info["owner_record"]
+    print(f"owner:      {record['description'] if record else 'none recorded'}")
     for entry in info["blocklisted"]:
         print(f"blocklist:  {entry}")
-
-
-def node_is_fenced(guard: RbdGuard, node: str) -> str | None:
-    """Why `node` counts as fenced: Pacemaker's history, or every IP blocklisted (fence_rbd)."""
-    how = pacemaker_fenced(node)
-    if how:
-        return how
-    ips = guard.node_map.ips_of(node)
-    if ips and len(fenced_ips(guard.session, ips)) == len(ips):
-        return f"all Ceph IPs of {node} blocklisted"
-    return None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -118,12 +118,14 @@ def run(args: argparse.Namespace) -> int:
             return 0
         state = read_image_state(session, disk)
         if args.command == "status":
-            concerned = {str(a.addr) for a in state.watchers} | {str(h.addr) for h in state.holders}
+            record = owner.load(session, disk)
+            concerned = ({str(a.addr) for a in state.watchers} | {str(h.addr) for h in state.holders}
+                         | {a for p in record.parties for a in p.addrs})
             ips = {ClientAddr.parse(a).ip for a in concerned}
             entries = [f"{e.addr} until {e.until}" for e in session.blocklist_ls()
                        if e.addr in concerned or (ClientAddr.parse(e.addr).nonce == 0
                                                   and ClientAddr.parse(e.addr).ip in ips)]
-            info = describe(state, guard, entries)
+            info = describe(state, record, guard, entries)
             if args.json:
                 print(json.dumps(info, indent=2))
             else:
@@ -131,16 +133,17 @@ def run(args: argparse.Namespace) -> int:
             return 0
         fenced: list[str] = []
         if args.force_after_fence:
-            for watcher in state.watchers:
-                node = node_map.node_of(watcher.addr)
+            record = owner.load(session, disk)
+            concerned = [(node_map.node_of(w.addr), f"watching {disk.spec} from {w.addr}") for w in state.watchers]
+            concerned += [(p.node, f"recorded as starting {disk.spec}") for p in record.parties if p.pending]
+            for node, what in concerned:
                 if node is None:
-                    raise RbdError(f"watcher {watcher.addr} belongs to no known node: cannot confirm "
-                                   f"it is fenced; not touching {disk.spec}")
-                how = node_is_fenced(guard, node)
+                    raise RbdError(f"a client {what.split(' from ')[-1]} belongs to no known node: cannot "
+                                   f"confirm it is fenced; not touching {disk.spec}")
+                how = guard.node_fenced(node)
                 if not how:
-                    raise RbdError(f"{node} (watching {disk.spec} from {watcher.addr}) is not confirmed "
-                                   f"fenced (no successful fencing in Pacemaker's history, not "
-                                   f"blocklisted): not touching {disk.spec}")
+                    raise RbdError(f"{node} ({what}) is not confirmed fenced (no successful fencing in "
+                                   f"Pacemaker's history, not blocklisted): not touching {disk.spec}")
                 print(f"{node} is fenced: {how}", file=sys.stderr)
                 fenced.append(node)
         result = guard.release(disk, dry_run=args.dry_run, fenced_nodes=fenced)

@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from lxml import etree
 
@@ -107,14 +108,16 @@ def publish_node_addrs(node: str, ips: tuple[str, ...] | list[str], timeout: flo
         raise RbdError(f"crm_attribute could not set {ATTRIBUTE} on {node}: {proc.stderr.strip()}")
 
 
-def pacemaker_fenced(node: str, timeout: float = 10.0) -> str | None:
+def pacemaker_fenced(node: str, timeout: float = 10.0, after: float | None = None) -> str | None:
     """When Pacemaker's fencing history holds a successful off/reboot of `node` and the node has
     not come back since (not online), a one-line description; otherwise None (also when
-    Pacemaker is not running here: nothing is confirmed then)."""
+    Pacemaker is not running here: nothing is confirmed then).  With `after` (wall-clock
+    seconds): a fencing completed after that time, whether or not the node is back since --
+    whatever ran on it before then is gone."""
     history = _pacemaker_xml(["stonith_admin", "--history", node, "--output-as=xml"], timeout)
-    how = fenced_in_history(history, node) if history else None
-    if not how:
-        return None
+    how = fenced_in_history(history, node, after) if history else None
+    if not how or after is not None:
+        return how
     status = _pacemaker_xml(["crm_mon", "--one-shot", "--inactive", "--output-as=xml"], timeout)
     if not status or node_online(status, node) is not False:
         return None          # back online (so running new clients) or membership unknown
@@ -140,11 +143,28 @@ def node_online(crm_mon_xml: bytes | str, node: str) -> bool | None:
     return None
 
 
-def fenced_in_history(xml: bytes | str, node: str) -> str | None:
-    root = etree.fromstring(xml.encode() if isinstance(xml, str) else xml)
+def fenced_in_history(xml: bytes | str, node: str, after: float | None = None) -> str | None:
+    """A successful off/reboot of `node` in `stonith_admin --history --output-as=xml` (completed
+    after `after`, wall-clock seconds, when given: an unreadable time does not count then)."""
+    root = etree.fromstring(xml.encode() if isinstance(xml, str) else xml,
+                            parser=etree.XMLParser(resolve_entities=False, no_network=True))
     for event in root.iter("fence_event"):
         if (event.get("target") == node and event.get("status") == "success"
                 and event.get("action") in ("off", "reboot")):
             when = event.get("completed") or event.get("completed-time") or "?"
+            if after is not None and (completed_epoch(when) or 0.0) <= after:
+                continue
             return f"{event.get('action')} of {node} by {event.get('delegate', '?')} at {when}"
     return None
+
+
+def completed_epoch(text: str) -> float | None:
+    """Pacemaker's '2026-11-21 10:00:00Z' / '2026-11-21 10:00:00 +01:00' as epoch seconds."""
+    text = text.strip().replace("Z", "+00:00")
+    if len(text) > 6 and text[-6] in "+-" and text[-7] == " ":
+        text = text[:-7] + text[-6:]
+    try:
+        stamp = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return stamp.timestamp()      # no zone given: local time, as Pacemaker prints it

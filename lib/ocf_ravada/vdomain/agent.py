@@ -325,6 +325,8 @@ class VirtualDomain(Agent):
         name = ident.name
         dom, state, _reason = self.domain_state(hv, name)
         if dom is None or state == libvirt.VIR_DOMAIN_SHUTOFF:
+            # A start that failed half way may have left this node in the disks' owner records.
+            rbdsafety.after_stop(self, rbdsafety.recorded_disks(self) if ident.rbd else [])
             return
         disks = rbdsafety.guarded_disks(self, self.live_xml(hv, dom)) if ident.rbd else []
         self._stop_domain(hv, dom, name)
@@ -374,8 +376,8 @@ class VirtualDomain(Agent):
             dom, state, _reason = self.domain_state(hv, ident.name)
             if dom is None or state == libvirt.VIR_DOMAIN_SHUTOFF:
                 raise OcfError(Rc.ERR_GENERIC, f"{ident.name} is not active locally; cannot migrate it")
-            if ident.rbd:
-                rbdsafety.check_running(self, rbdsafety.guarded_disks(self, self.live_xml(hv, dom)))
+            disks = rbdsafety.guarded_disks(self, self.live_xml(hv, dom)) if ident.rbd else []
+            rbdsafety.check_running(self, disks)
             local_uri = hv.uri
             remote = migration.remote_uri(self.params, local_uri, target)
             data = migration.data_uri(self.params, options, target, local_uri)
@@ -384,8 +386,8 @@ class VirtualDomain(Agent):
                                     self.deadline, self.log)
             if self.params["start_resources"]:
                 self._start_remote_resources(remote)
-            migration.run(hv, dom, ident.name, target, remote, data, options, self.params,
-                          self.deadline, self.log)
+            rbdsafety.migrating(self, disks, target, lambda: migration.run(
+                hv, dom, ident.name, target, remote, data, options, self.params, self.deadline, self.log))
             return Rc.SUCCESS
         except LibvirtUnavailable as err:
             raise OcfError(Rc.ERR_GENERIC, f"cannot migrate {ident.name}: {err}") from None

@@ -37,7 +37,7 @@ def _guard(agent) -> Iterator:
     from ..rbd.errors import RbdError
 
     try:
-        guard = open_guard(agent.params, local_node(agent), agent.deadline)
+        guard = open_guard(agent.params, local_node(agent), agent.deadline, log=agent.log.info)
     except RbdError as err:
         raise OcfError(exit_code(err), f"Ceph: {err.reason}") from None
     with guard:
@@ -48,10 +48,13 @@ def _guard(agent) -> Iterator:
 
 
 def start_exclusively(agent, disks: list, start: Callable[[], T]) -> T:
-    """start() only once no other client can write the disks; stale owners are cut off
-    (blocklisted) before their locks are broken, never the other way round."""
+    """start() only once no other client can write the disks; every client that still might
+    (stale lock owner, recorded owner, a watcher seen while waiting) is cut off (blocklisted)
+    first, and this node is recorded as the disks' owner, with its QEMU's address once known."""
     if not disks:
         return start()
+    # stop finds the disks here even when the domain is gone and the config unreadable
+    agent.state.update(rbd_disks=[d.spec for d in disks])
     with _guard(agent) as guard:
         result = guard.before_start(disks, agent.deadline)
         if not result.allowed:
@@ -59,17 +62,49 @@ def start_exclusively(agent, disks: list, start: Callable[[], T]) -> T:
         if result.actions:
             agent.log.warning(f"RBD recovery before start: {result.reason}")
         try:
-            return start()
-        finally:
-            guard.after_start(disks)
+            started = start()
+        except BaseException:
+            guard.after_start(disks, started=False)
+            raise
+        guard.after_start(disks)
+        return started
+
+
+def recorded_disks(agent) -> list:
+    """The RBD disks the last start on this node guarded (from the state file)."""
+    from ..rbd.disks import RbdDisk
+
+    return [RbdDisk.from_spec(spec) for spec in agent.state.load().get("rbd_disks") or []]
+
+
+def migrating(agent, disks: list, target: str, migrate: Callable[[], T]) -> T:
+    """migrate() with the owner records naming `target` as incoming while it runs, handed over
+    to it when it succeeded and taken back when it failed."""
+    if not disks:
+        return migrate()
+    with _guard(agent) as guard:
+        result = guard.begin_migration(disks, target)
+        if not result.allowed:
+            raise OcfError(Rc.ERR_GENERIC, result.reason)
+        try:
+            done = migrate()
+        except BaseException:
+            guard.end_migration(disks, target, succeeded=False)
+            raise
+        guard.end_migration(disks, target, succeeded=True)
+        return done
 
 
 def check_arrival(agent, disks: list, source: str) -> None:
-    """After an incoming migration: only we and the migration source may hold the disks."""
+    """After an incoming migration: only we and the migration source may hold the disks; then
+    this node is their recorded owner."""
     if not disks:
         return
+    agent.state.update(rbd_disks=[d.spec for d in disks])
     with _guard(agent) as guard:
         result = guard.before_start(disks, agent.deadline, migration_partner=source)
+        if result.allowed:
+            result = guard.arrived(disks, source)
     if not result.allowed:
         raise OcfError(Rc.ERR_GENERIC, result.reason)
 
@@ -97,11 +132,15 @@ def check_running(agent, disks: list) -> None:
 
 
 def after_stop(agent, disks: list) -> None:
-    """The VM is down: make sure nothing of this node still holds its disks."""
+    """The VM is down: make sure nothing of this node still holds its disks, and take this node
+    out of their owner records."""
     if not disks:
         return
     # libvirt confirmed QEMU is gone; a blocklist we could not add does not change that.
     result = _advisory(agent, "RBD clean-up after stop incomplete",
                        lambda guard: guard.after_stop(disks, agent.deadline))
-    if result is not None and result.actions:
+    if result is None:
+        return
+    if result.actions:
         agent.log.warning(f"RBD clean-up after stop: {result.reason}")
+    agent.state.update(rbd_disks=[])
