@@ -53,6 +53,22 @@ def run(*argv: str) -> str:
     return done.stdout
 
 
+def test_pages_of_the_rbd_tools_build_on_a_node_without_ceph_bindings(pages, tmp_path):
+    """make install works where python3-rados/python3-rbd are not installed (no RBD disks)."""
+    hidden = tmp_path / "hidden"
+    hidden.mkdir()
+    for binding in ("rados", "rbd"):
+        (hidden / f"{binding}.py").write_text("raise ImportError('not installed here')\n")
+    build = tmp_path / "man"
+    done = subprocess.run(["make", "-s", "-C", str(TOP), "man", f"MANBUILD={build}"],
+                          capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(hidden)})
+    assert done.returncode == 0, done.stderr
+    for name in ("man8/fence_rbd.8", "man8/ravada-rbd.8"):
+        assert (build / name).read_text().split("\n")[1:] == \
+            (pages / name).read_text().split("\n")[1:], name
+
+
 def test_every_page_is_built(pages):
     built = {str(p.relative_to(pages)) for p in pages.rglob("*") if p.is_file()}
     assert built == set(ALL_PAGES)
