@@ -10,6 +10,7 @@ so no cluster has to run; `crm configure` and `pcs -f` commit into it.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -109,6 +110,34 @@ def test_crm_ra_meta_and_list(installed):
     listed = installed.crm("ra", "list", "ocf", "ravada")
     assert listed.returncode == 0
     assert set(listed.stdout.split()) >= set(installed.ocf_agents())
+
+
+# What crmsh's tab completion offers after `params` and after `op` (its own completers).
+COMPLETION = """
+import json, sys
+from crmsh import ra, ui_configure
+agent = ra.get_ra(sys.argv[1])
+words = ["primitive", "x", sys.argv[1]]
+print(json.dumps({
+    "params": sorted(ui_configure._prim_params_completer(agent, words + ["params", ""])),
+    "hidden": sorted(agent.excluded_from_completion),
+    "ops": sorted(ui_configure._prim_op_completer(agent, words + ["op", ""]) or []),
+    "start": sorted(ui_configure._prim_op_completer(agent, words + ["op", "start", ""]) or []),
+}))
+"""
+
+
+def test_crm_completes_parameters_and_operations_from_our_metadata(installed):
+    for agent in all_agents(installed):
+        done = installed.run("/usr/bin/python3", "-c", COMPLETION, agent)
+        assert done.returncode == 0, done.stderr
+        offered = json.loads(done.stdout.splitlines()[-1])
+        expected = {f"{p}=" for p in installed.parameters(agent)} - {
+            f"{p}=" for p in offered["hidden"]}
+        assert set(offered["params"]) == expected, agent
+        if agent.startswith("ocf:"):
+            assert {"start", "stop", "monitor"} <= set(offered["ops"]), offered
+            assert offered["start"] and offered["start"][0].startswith("timeout="), offered
 
 
 def test_crm_configure_takes_our_primitives_and_verify_is_clean(empty_cib):
