@@ -5,12 +5,14 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from lxml import etree
 
 from microceph import ROOT_NODE
+from node_agent import record_of
 from ocf_ravada.rbd import NodeMap
 
 pytestmark = pytest.mark.ceph
@@ -181,3 +183,22 @@ def test_fence_rbd_takes_ips_as_plug_like_pcmk_host_map_gives_them(ceph, unfence
     assert tool("fence_rbd", stdin=stdin).returncode == 0
     assert tool("fence_rbd", "-o", "status", "-n", ip, *args).returncode == 2
     assert tool("fence_rbd", "-o", "status", "-n", "node-d", *fence_args(ceph)).returncode == 2
+
+
+def test_ravada_rbd_shows_the_owner_record_and_release_fences_and_clears_it(ceph, agents, admin, image):
+    vm_a = agents("node-a", image)                   # the agent's start: recorded, never written
+    qemu_a = record_of(admin, image).owner.addrs[0]
+    info = json.loads(tool("ravada-rbd", *rbd_args(ceph), "--json", "status", image).stdout)
+    assert info["owner_record"]["owner"] == {"node": "node-a", "addrs": [qemu_a]}
+    vm_a.freeze()
+    refused = tool("ravada-rbd", *rbd_args(ceph), "release", image)
+    assert refused.returncode == 1 and "node-a" in refused.stdout       # still watched
+    vm_a.crash()                                    # the watch lingers 10 s, then nothing names it
+    time.sleep(ceph.watch_timeout + 2)
+    text = tool("ravada-rbd", *rbd_args(ceph), "status", image)
+    assert "an owner is recorded" in text.stdout and qemu_a in text.stdout, text.stdout
+    done = tool("ravada-rbd", *rbd_args(ceph), "release", image)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"blocklist {qemu_a}" in done.stdout and "clear owner record" in done.stdout
+    assert any(entry["addr"] == qemu_a for entry in ceph.blocklist())
+    assert record_of(admin, image).empty

@@ -31,12 +31,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import rados
 import rbd
 from lxml import etree
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ceph"))   # microceph, rbd_domains
 
 from microceph import NODE_USER, POOL, MicroCeph, Node  # noqa: E402
+from ocf_ravada.rbd import owner  # noqa: E402
 from rbd_domains import rbd_disk_xml  # noqa: E402
 
 from ravada_lab import vms  # noqa: E402
@@ -194,6 +196,17 @@ class LabCeph:
 
     def blocklist(self) -> list[dict]:
         return self._call(self.cluster.blocklist)
+
+    def owner_record(self, name: str) -> dict | None:
+        """The agent's owner record of image `name` (rbd/owner.py), None when there is none."""
+        return self._call(self._read_owner_record, name)
+
+    def _read_owner_record(self, name: str) -> dict | None:
+        with self.cluster.admin.open_ioctx(POOL) as io:
+            try:
+                return json.loads(io.read(owner.OBJECT_PREFIX + name, owner.MAX_RECORD_BYTES))
+            except rados.ObjectNotFound:
+                return None
 
     def blocklist_changes(self, user: str) -> list[tuple[str, str]]:
         """(add|rm, address) of every blocklist change `user` made, from the monitor's audit

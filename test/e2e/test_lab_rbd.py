@@ -181,6 +181,8 @@ def test_killed_node_is_fenced_and_rbd_vm_restarts_elsewhere(rbd_lab, ceph, one_
         if topology == "power-and-storage":
             one_level(victim)
         wait_runs(ceph, vm, 1, min_records=20)
+        before = ceph.owner_record(vm)["owner"]
+        assert before["node"] == victim and len(before["addrs"]) == 1, before
         killed_at, wall = time.monotonic(), time.time()
         lab.cli("kill", victim)
         survivor = lab.wait_started(vm, not_on=(victim,), timeout=RECOVERY_TIMEOUT)
@@ -202,10 +204,14 @@ def test_killed_node_is_fenced_and_rbd_vm_restarts_elsewhere(rbd_lab, ceph, one_
             owner_entries = [addr for op, addr in ceph.blocklist_changes(NODE_USER)
                              if op == "add" and addr.startswith(f"{victim_ip}:0/")
                              and addr != f"{victim_ip}:0/0"]
-            assert owner_entries, "the dead owner's client was not blocklisted"
+            assert set(before["addrs"]) <= set(owner_entries), "the dead owner's QEMU was not blocklisted"
         else:
             assert storage_fenced, f"{victim} was not fenced at the OSDs"
         assert vms.qemu_nodes(lab.state()).get(vm) == [survivor]
+        # The record was superseded: the new QEMU on the survivor, the dead one fenced.
+        after = ceph.owner_record(vm)["owner"]
+        assert after["node"] == survivor and after["addrs"] != before["addrs"], after
+        assert before["addrs"][0] in {addr for op, addr in ceph.blocklist_changes(NODE_USER) if op == "add"}
 
         lab.settle()
         # Back in the cluster, the node is unfenced at the OSDs (provides=unfencing).
