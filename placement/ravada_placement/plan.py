@@ -3,7 +3,7 @@
 A batch that fits is placed largest first (each VM consuming capacity before the next).
 One that cannot all fit is planned for the most VMs placed: priority classes in turn
 (Pacemaker's `priority`, highest first, so a VM is never left out for a lower-priority one),
-each smallest first, tried with the policy's node choice and with best fit; then a VM left
+each smallest first, tried with the policy's node choice, first fit and pack's; then a VM left
 out may still go where moving one planned VM elsewhere makes room.  Of the plans that place
 the most, the one the policy rates best wins.  `bound` is how many could be placed at most.
 """
@@ -79,7 +79,7 @@ def assign_batch(state: PlacementState, policy: Policy, vms: list[VM], plan: Pla
         if explain:
             plan.explanations[vm.name] = _verdicts(state, policy, vm, best[-1] if best else None)
         if best is None:
-            plan.failures[vm.name] = _why_unplaceable(state, vm, policy)
+            plan.failures[vm.name] = ""         # the reason is given on the final state
         else:
             state.add(vm, best[-1])
             policy.on_assign(vm, best[-1])
@@ -231,8 +231,14 @@ def _most_placed(make_state: Callable[[], PlacementState], policy: Policy, vms: 
     classes: dict[int, list[VM]] = {}
     for vm in vms:
         classes.setdefault(vm.priority, []).append(vm)
-    # Best fit and pack's "nodes in use first" leave fewer unusable fragments than spreading.
-    choosers = [policy.key, tightest] if policy.maximize else [policy.key]
+    # First fit (nodes in CIB order) and pack's best fit on nodes in use leave fewer unusable
+    # fragments than spreading; which one places most depends on the shapes.
+    node_order = {node: i for i, node in enumerate(make_state().loads)}
+
+    def first_fit(state: PlacementState, vm: VM, node: str) -> tuple:
+        return (node_order[node],)
+
+    choosers = [policy.key, first_fit] if policy.maximize else [policy.key]
     if policy.maximize and policy.name.split("+")[0] != PackPolicy.name:
         choosers.append(PackPolicy().key)
     best: tuple | None = None
@@ -250,7 +256,28 @@ def _most_placed(make_state: Callable[[], PlacementState], policy: Policy, vms: 
         score = (-len(plan.moves), round(policy.objective(state), 9), rank)
         if best is None or score < best[0]:
             best = (score, plan, state)
-    return best[1], best[2]
+    _, plan, state = best
+    return _better_spread(make_state, policy, vms, plan, state, explain) if policy.maximize else (plan, state)
+
+
+def _better_spread(make_state: Callable[[], PlacementState], policy: Policy, vms: list[VM], plan: Plan,
+                   state: PlacementState, explain: bool) -> tuple[Plan, PlacementState]:
+    """The same VMs placed again, largest first with the policy's own node choice: when they
+    all fit that way, the plan places as many and usually rates better (the count-first
+    passes chose nodes for packing, not for spread)."""
+    chosen = {move.vm for move in plan.moves}
+    subset = [vm for vm in vms if vm.name in chosen]
+    other_state = make_state()
+    other = Plan(plan.kind, drained=plan.drained)
+    assign_batch(other_state, policy, policy.orders(subset, other_state)[0], other, explain)
+    if not other.complete or policy.objective(other_state) >= policy.objective(state):
+        return plan, state
+    for vm in vms:
+        if vm.name not in chosen:
+            other.failures[vm.name] = plan.failures[vm.name]
+            if explain:
+                other.explanations[vm.name] = _verdicts(other_state, policy, vm, None)
+    return other, other_state
 
 
 def place_batch(make_state: Callable[[], PlacementState], policy: Policy, vms: list[VM], kind: str,
@@ -259,19 +286,26 @@ def place_batch(make_state: Callable[[], PlacementState], policy: Policy, vms: l
     that places every VM.  Otherwise (or if none did) the plan that places the most."""
     initial = make_state()
     bound = capacity_bound(initial, vms, policy.check_cpu)
-    plan: Plan | None = None
-    final = initial
+    plan, final = Plan(kind, drained=drained), initial
+    tried: list[tuple[Plan, PlacementState]] = []
     if bound >= len(vms):
         for order in policy.orders(vms, initial):
             state = make_state()
             candidate = Plan(kind, drained=drained)
             assign_batch(state, policy, order, candidate, explain)
+            tried.append((candidate, state))
             if candidate.complete:
-                plan, final = candidate, state
                 break
-    if plan is None and vms:
-        plan, final = _most_placed(make_state, policy, vms, kind, explain, drained)
-    plan = plan or Plan(kind, drained=drained)
+    if vms and not (tried and tried[-1][0].complete):
+        if len({vm.priority for vm in vms}) > 1:
+            tried = []      # those orders ignore priority: only a complete one could stand
+        tried.append(_most_placed(make_state, policy, vms, kind, explain, drained))
+    if tried:
+        # The first that places most (a complete plan ends the list).
+        plan, final = max(tried, key=lambda pair: len(pair[0].moves)) if not tried[-1][0].complete else tried[-1]
+    for vm in vms:
+        if plan.failures.get(vm.name) == "":
+            plan.failures[vm.name] = _why_unplaceable(final, vm, policy)
     plan.batch, plan.bound = len(vms), bound
     plan.objective_name = policy.objective_name
     plan.resources = {vm.name: vm.resources for vm in vms if vm.resources != (vm.name,)}
