@@ -38,6 +38,11 @@ class Agent:
     def is_probe(self) -> bool:
         return self.env.is_probe(self.action)
 
+    def failure(self, err: Exception) -> OcfError | None:
+        """The OCF outcome of an error the agent's layers raise (libvirt's, Pacemaker's),
+        None for an unexpected one (an agent bug: "internal error")."""
+        return None
+
     def handlers(self) -> Mapping[str, Callable[[], int]]:
         """Action name -> method: by default the method named after each advertised action
         ("reload-agent" -> reload_agent); an advertised action without one answers 3."""
@@ -74,6 +79,7 @@ def run(agent_cls: type[Agent], argv: list[str], environ: Mapping[str, str] | No
         return Rc.ERR_UNIMPLEMENTED
 
     deadline = Deadline.from_timeout_ms(env.timeout_ms, advertised.timeout)
+    agent: Agent | None = None
     try:
         if action in LENIENT_ACTIONS:
             params, problems = parse_lenient(info.parameters, env)
@@ -87,18 +93,26 @@ def run(agent_cls: type[Agent], argv: list[str], environ: Mapping[str, str] | No
             raise OcfError(Rc.ERR_UNIMPLEMENTED, f"action '{action}' is not implemented")
         rc = handler()
     except OcfError as err:
-        level = log.info if err.rc == Rc.NOT_RUNNING else log.error
-        level(err.reason)
-        if err.rc != Rc.NOT_RUNNING:
-            print_exit_reason(env, err.reason)
-        return int(err.rc)
+        return _failed(env, log, err)
     except Exception as err:  # an agent bug must still produce a readable failure
         import traceback
+
+        outcome = agent.failure(err) if agent is not None else None
+        if outcome is not None:
+            return _failed(env, log, outcome)
 
         log.error("internal error: " + "".join(traceback.format_exception(err)).strip())
         print_exit_reason(env, f"internal error in {info.name} {action}: {err!r}")
         return Rc.ERR_GENERIC
     return int(rc)
+
+
+def _failed(env: Environment, log: Log, err: OcfError) -> int:
+    level = log.info if err.rc == Rc.NOT_RUNNING else log.error
+    level(err.reason)
+    if err.rc != Rc.NOT_RUNNING:
+        print_exit_reason(env, err.reason)
+    return int(err.rc)
 
 
 def main(agent_cls: type[Agent]) -> None:

@@ -1,6 +1,7 @@
 """The time an action has left, from Pacemaker's operation timeout."""
 from __future__ import annotations
 
+import math
 import time
 
 
@@ -54,3 +55,15 @@ class Deadline:
             return False
         time.sleep(seconds)
         return True
+
+
+def parse_seconds(text: str, what: str, maximum: float = 86400.0) -> float:
+    """A timeout given as text: a finite number of seconds > 0 and <= maximum; ValueError
+    (with a one-line message naming `what`) for anything else, inf and nan included."""
+    try:
+        value = float(str(text).strip())
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and 0 < value <= maximum):
+        raise ValueError(f"{what} must be a number of seconds > 0 and <= {maximum:.0f}, got {text!r}")
+    return value

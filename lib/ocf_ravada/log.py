@@ -30,7 +30,7 @@ class Log:
     def __init__(self, agent: str, resource: str, env: Mapping[str, str] | None = None,
                  stderr: TextIO | None = None) -> None:
         env = os.environ if env is None else env
-        self.tag = f"{agent}({resource})[{os.getpid()}]"
+        self.tag = f"{agent}({resource})[{os.getpid()}]".encode("utf-8", "backslashreplace").decode("utf-8")
         self.debug_enabled = is_true(_first(env, "HA_debug", "HA_DEBUG"))
         facility = _first(env, "HA_LOGFACILITY", "HA_logfacility").strip().lower()
         self._facility = None if facility in ("", "none") else facility
@@ -53,6 +53,8 @@ class Log:
         self._emit("error", message)
 
     def _emit(self, level: str, message: str) -> None:
+        # Parameters may carry undecodable bytes (surrogate escapes): logging must not raise.
+        message = message.encode("utf-8", "backslashreplace").decode("utf-8")
         label = level.upper() if level != "warning" else "WARNING"
         line = f"{label}: {message}"
         if self._facility:
@@ -79,8 +81,15 @@ class Log:
 
     @staticmethod
     def _append(path: str, text: str) -> None:
+        # O_NONBLOCK: a FIFO without a reader fails at once instead of hanging the action.
         try:
-            with open(path, "a", encoding="utf-8") as handle:
-                handle.write(text)
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | os.O_NOCTTY
+                         | os.O_CLOEXEC, 0o640)
         except OSError:
-            pass  # a missing log directory must never fail an action
+            return  # a missing log directory must never fail an action
+        try:
+            os.write(fd, text.encode("utf-8", "backslashreplace"))
+        except OSError:
+            pass
+        finally:
+            os.close(fd)

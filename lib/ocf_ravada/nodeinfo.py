@@ -20,13 +20,13 @@ import os
 import shutil
 from typing import Mapping
 
-from . import __version__, bounded, cib
+from . import __version__, bounded, pacemaker
 from .agent import Agent
 from .deadline import Deadline, DeadlineExceeded
 from .log import Log
 from .metadata import Action, AgentInfo
 from .ocf import OcfError, Rc
-from .params import Parameter, Values
+from .params import Parameter, Values, finite_number
 from .statefile import StateFile
 
 MIB = 1024 * 1024
@@ -35,14 +35,15 @@ EXACT = frozenset({"cpu", "ravada-cpus", "ravada-vms", "ravada-vms-vcpus", "rava
 UTILIZATION = ("cpu", "hv_memory")
 # Longest wait for one statvfs: a hung NFS mount must not eat the whole monitor.
 STATVFS_LIMIT = 5.0
+# Longest wait for one CIB write (advisory data: the next monitor retries).
+WRITE_LIMIT = 5.0
 
 
 def _ratio(value: str) -> str | None:
-    try:
-        number = float(value)
-    except ValueError:
+    number = finite_number(value)
+    if number is None:
         return "expected a number such as 1.0 or 4"
-    return None if 0 < number <= 100 and math.isfinite(number) else "must be > 0 and <= 100"
+    return None if 0 < number <= 100 else "must be > 0 and <= 100"
 
 
 def _absolute_paths(value: str) -> str | None:
@@ -225,11 +226,12 @@ class NodeInfo(Agent):
                 continue
             try:
                 if name in UTILIZATION:
-                    cib.set_node_utilization(name, str(value), self.deadline.bounded(5), self.node)
+                    pacemaker.set_node_utilization(name, str(value), self.deadline, self.node,
+                                                   limit=WRITE_LIMIT)
                 else:
-                    cib.set_node_attribute(name, str(value), self.deadline.bounded(5), self.node,
-                                           lifetime="reboot")
-            except cib.CibError as err:
+                    pacemaker.set_node_attribute(name, str(value), self.deadline, self.node,
+                                                 lifetime="reboot", limit=WRITE_LIMIT)
+            except pacemaker.PacemakerError as err:
                 # Advisory data: never fail the action for it; the next monitor retries.
                 self.log.warning(f"{name} not published: {err}")
                 continue
@@ -247,15 +249,13 @@ def measure(params: Values, deadline: Deadline, log: Log) -> Measurement:
         storage[path] = _path_space(path, deadline, log)
     domains = vcpus = domain_memory = None
     try:
-        import libvirt
-
-        from ocf_ravada.virt.connection import LibvirtUnavailable
+        from ocf_ravada.virt.connection import VirtError
     except ImportError as err:
         log.warning(f"python3-libvirt missing, domains and pools not measured: {err}")
         return _measurement(psutil, memory, storage)
     try:
         listed = _libvirt_view(params["hypervisor"], params["storage_pools"], deadline)
-    except (LibvirtUnavailable, libvirt.libvirtError) as err:
+    except VirtError as err:
         # libvirtd down or hung: publish what psutil knows, keep the last domain figures.
         log.warning(f"libvirt not asked: {err}")
     else:
@@ -288,7 +288,7 @@ def _libvirt_view(uri: str | None, with_pools: bool, deadline: Deadline
     """(running domains, their vCPUs, their MiB, storage pools) through a bounded connection."""
     import libvirt
 
-    from ocf_ravada.virt.connection import Hypervisor
+    from ocf_ravada.virt.connection import Hypervisor, LibvirtUnavailable, VirtError
 
     hv = Hypervisor.connect(uri, deadline)
     try:
@@ -298,7 +298,9 @@ def _libvirt_view(uri: str | None, with_pools: bool, deadline: Deadline
         for dom in running:
             try:
                 _state, max_kib, _kib, dom_vcpus, _cpu_time = hv.call("reading domain info", dom.info)
-            except libvirt.libvirtError:
+            except LibvirtUnavailable:
+                raise
+            except VirtError:
                 continue  # it stopped between listing and asking
             vcpus += dom_vcpus
             memory_kib += max_kib
@@ -309,7 +311,9 @@ def _libvirt_view(uri: str | None, with_pools: bool, deadline: Deadline
                 try:
                     _state, capacity, _allocation, available = hv.call("reading pool info", pool.info)
                     pools[f"pool:{pool.name()}"] = Storage(available // MIB, capacity // MIB)
-                except libvirt.libvirtError:
+                except LibvirtUnavailable:
+                    raise
+                except VirtError:
                     pools[f"pool:{pool.name()}"] = None
         return len(running), vcpus, memory_kib // 1024, pools
     finally:

@@ -106,7 +106,7 @@ class Environment:
 
 def print_exit_reason(env: Environment, reason: str) -> None:
     """Tell Pacemaker why the action failed: it shows the last such stderr line."""
-    one_line = " ".join(reason.split())
+    one_line = " ".join(reason.split()).encode("utf-8", "backslashreplace").decode("utf-8")
     sys.stderr.write(f"{env.exit_reason_prefix}{one_line}\n")
     sys.stderr.flush()
 

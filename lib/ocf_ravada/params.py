@@ -5,12 +5,28 @@ pass empty values for cleared parameters), so the default applies.
 """
 from __future__ import annotations
 
+import math
+import re
 from typing import Any, Callable, Iterable, Mapping, NamedTuple
 
 from .ocf import Environment, OcfError, Rc
 
 TRUE_WORDS = frozenset({"1", "yes", "true", "on", "ja", "y"})
 FALSE_WORDS = frozenset({"0", "no", "false", "off", "nein", "n"})
+# ASCII digits only: int() would also take "1_000", "٣" and surrounding whitespace.
+INTEGER = re.compile(r"[+-]?[0-9]{1,40}")
+# Integers without a declared maximum still end up in C ints (libvirt, timeouts).
+INTEGER_LIMIT = 2 ** 31 - 1
+
+
+def finite_number(text: str) -> float | None:
+    """The value of a decimal number such as 1, 0.5 or 4e2; None for anything else,
+    including inf, nan and numbers too large to be a float."""
+    try:
+        value = float(text.strip())
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
 
 
 class Deprecation(NamedTuple):
@@ -60,14 +76,14 @@ class Parameter(NamedTuple):
             else:
                 raise self._invalid(raw, "expected a boolean (true/false, yes/no, 1/0)")
         elif self.type == "integer":
-            try:
-                value = int(raw.strip(), 10)
-            except ValueError:
-                raise self._invalid(raw, "expected a whole number") from None
+            if not INTEGER.fullmatch(raw.strip()):
+                raise self._invalid(raw, "expected a whole number")
+            value = int(raw.strip(), 10)
             if self.minimum is not None and value < self.minimum:
                 raise self._invalid(raw, f"must be at least {self.minimum}")
-            if self.maximum is not None and value > self.maximum:
-                raise self._invalid(raw, f"must be at most {self.maximum}")
+            maximum = self.maximum if self.maximum is not None else INTEGER_LIMIT
+            if value > maximum or value < -INTEGER_LIMIT:
+                raise self._invalid(raw, f"must be at most {maximum}")
         elif self.type == "select":
             if raw not in self.options:
                 raise self._invalid(raw, "expected one of " + ", ".join(self.options))
@@ -81,7 +97,8 @@ class Parameter(NamedTuple):
         return value
 
     def _invalid(self, raw: str, why: str) -> OcfError:
-        return OcfError(Rc.ERR_CONFIGURED, f"invalid value '{raw}' for parameter '{self.name}': {why}")
+        shown = raw if len(raw) <= 60 else raw[:57] + "..."
+        return OcfError(Rc.ERR_CONFIGURED, f"invalid value '{shown}' for parameter '{self.name}': {why}")
 
 
 class Values(Mapping[str, Any]):

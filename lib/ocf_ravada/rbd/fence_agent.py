@@ -15,6 +15,7 @@ import ipaddress
 
 from .. import fenceagent
 from ..fenceagent import EXIT_OFF, EXIT_OK, Option
+from ..deadline import parse_seconds
 from .cluster import LONG_BLOCKLIST_SECONDS, CephSession
 from .errors import RbdError
 from .fencing import fence_ips, fenced_ips, unfence_ips
@@ -46,14 +47,16 @@ AGENT = fenceagent.FenceAgent(
 )
 
 
+# Upper bounds: a blocklist entry may be meant to last (years); a Ceph call never needs an hour.
+MAXIMUM_SECONDS = {"blocklist_expire": 10 * 365 * 86400.0, "ceph_timeout": 3600.0}
+
+
 def _number(options: dict[str, str], name: str) -> float:
+    """A finite, positive number of seconds (inf and nan refused)."""
     try:
-        value = float(fenceagent.option(AGENT, options, name))
-    except ValueError:
-        raise RbdError(f"{name} must be a number of seconds, got {options.get(name)!r}") from None
-    if value <= 0:
-        raise RbdError(f"{name} must be positive")
-    return value
+        return parse_seconds(fenceagent.option(AGENT, options, name), name, MAXIMUM_SECONDS[name])
+    except ValueError as err:
+        raise RbdError(str(err)) from None
 
 
 def target_ips(plug: str, node_map: NodeMap) -> tuple[str, ...]:

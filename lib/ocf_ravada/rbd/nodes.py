@@ -5,18 +5,20 @@ attribute `ravada-ceph-addrs` (space separated), e.g.
     crm_attribute -t nodes -N node1 -n ravada-ceph-addrs -v "10.0.0.11"
 Agents read them from the CIB; tools and fence_rbd also accept an explicit map
 "node1:10.0.0.11,10.0.1.11;node2:10.0.0.12".
+
+Pacemaker is reached only through ocf_ravada.pacemaker (bounded, typed errors); a cluster
+that does not answer yields no node names, never an exception the caller did not ask for.
 """
 from __future__ import annotations
 
 import ipaddress
-import os
-import shutil
-import subprocess
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from lxml import etree
 
+from .. import pacemaker, safexml
+from ..deadline import Deadline
 from .addresses import ClientAddr
 from .cluster import CephSession
 from .errors import BadDiskSpec, RbdError
@@ -62,29 +64,22 @@ class NodeMap:
         return cls(result)
 
     @classmethod
-    def from_cib_xml(cls, xml: bytes | str) -> "NodeMap":
-        """Node attributes from a CIB (or its <nodes>/<status> section): permanent ones from
-        <nodes>, transient ones from <status>; the permanent value wins."""
-        root = etree.fromstring(xml.encode() if isinstance(xml, str) else xml)
-        result: dict[str, tuple[str, ...]] = {}
-        for state in root.iter("node_state"):
-            for nv in state.iterfind(f"transient_attributes/instance_attributes/nvpair[@name='{ATTRIBUTE}']"):
-                result[state.get("uname")] = _parse_ips(nv.get("value", ""), state.get("uname"))
-        for node in root.iter("node"):
-            for nv in node.iterfind(f"instance_attributes/nvpair[@name='{ATTRIBUTE}']"):
-                result[node.get("uname")] = _parse_ips(nv.get("value", ""), node.get("uname"))
-        return cls(result)
+    def from_cib_xml(cls, xml: bytes | str | etree._Element) -> "NodeMap":
+        """Node attributes from a CIB (or its <nodes>/<status> section), with Pacemaker's
+        precedence: a transient value (<status>) wins over the permanent one (<nodes>)."""
+        root = xml if isinstance(xml, etree._Element) else _parse(xml, "the CIB")
+        return cls({node: _parse_ips(value, node)
+                    for node, value in pacemaker.node_attributes(root, ATTRIBUTE).items()})
 
     @classmethod
     def from_cib(cls, timeout: float = 10.0) -> "NodeMap":
-        """Read the live CIB (or the file named by $CIB_file).  An empty map when Pacemaker is
-        absent: addresses are then reported without node names."""
-        if not shutil.which("cibadmin"):
+        """Read the live CIB (or the file named by $CIB_file), within `timeout` seconds.  An
+        empty map when Pacemaker is absent, does not answer in time or fails: addresses are
+        then reported without node names."""
+        try:
+            return cls.from_cib_xml(pacemaker.query_cib(Deadline(timeout)))
+        except pacemaker.PacemakerError:
             return cls()
-        proc = subprocess.run(["cibadmin", "--query"], capture_output=True, timeout=timeout)
-        if proc.returncode != 0:
-            return cls()
-        return cls.from_cib_xml(proc.stdout)
 
 
 def _parse_ips(text: str, where: str) -> tuple[str, ...]:
@@ -102,10 +97,10 @@ def own_ceph_ips(session: CephSession) -> tuple[str, ...]:
 
 def publish_node_addrs(node: str, ips: tuple[str, ...] | list[str], timeout: float = 10.0) -> None:
     """Store `ips` as the node's permanent `ravada-ceph-addrs` attribute (crm_attribute)."""
-    proc = subprocess.run(["crm_attribute", "-t", "nodes", "-N", node, "-n", ATTRIBUTE,
-                           "-v", " ".join(ips)], capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0:
-        raise RbdError(f"crm_attribute could not set {ATTRIBUTE} on {node}: {proc.stderr.strip()}")
+    try:
+        pacemaker.set_node_attribute(ATTRIBUTE, " ".join(ips), Deadline(timeout), node=node)
+    except pacemaker.PacemakerError as err:
+        raise RbdError(f"could not set {ATTRIBUTE} on {node}: {err.reason}") from None
 
 
 def pacemaker_fenced(node: str, timeout: float = 10.0, after: float | None = None) -> str | None:
@@ -114,40 +109,40 @@ def pacemaker_fenced(node: str, timeout: float = 10.0, after: float | None = Non
     Pacemaker is not running here: nothing is confirmed then).  With `after` (wall-clock
     seconds): a fencing completed after that time, whether or not the node is back since --
     whatever ran on it before then is gone."""
-    history = _pacemaker_xml(["stonith_admin", "--history", node, "--output-as=xml"], timeout)
-    how = fenced_in_history(history, node, after) if history else None
+    deadline = Deadline(timeout)
+    try:
+        history = pacemaker.fencing_history(node, deadline)
+    except pacemaker.PacemakerError:
+        return None          # nothing confirmed
+    how = fenced_in_history(history, node, after)
     if not how or after is not None:
         return how
-    status = _pacemaker_xml(["crm_mon", "--one-shot", "--inactive", "--output-as=xml"], timeout)
-    if not status or node_online(status, node) is not False:
-        return None          # back online (so running new clients) or membership unknown
+    try:
+        status = pacemaker.cluster_status(deadline)
+    except pacemaker.PacemakerError:
+        return None          # membership unknown
+    if pacemaker.node_online(status, node) is not False:
+        return None          # back online (so running new clients) or not listed
     return how
 
 
-def _pacemaker_xml(argv: list[str], timeout: float) -> bytes | None:
-    if not shutil.which(argv[0]):
-        return None
+def _parse(xml: bytes | str, what: str) -> etree._Element:
     try:
-        proc = subprocess.run(argv, capture_output=True, timeout=timeout, env={**os.environ, "LC_ALL": "C"})
-    except subprocess.TimeoutExpired:
-        return None
-    return proc.stdout if proc.returncode == 0 and proc.stdout.strip() else None
+        return safexml.parse(xml, what)
+    except safexml.UnsafeXml as err:
+        raise RbdError(str(err)) from None
 
 
-def node_online(crm_mon_xml: bytes | str, node: str) -> bool | None:
+def node_online(crm_mon_xml: bytes | str | etree._Element, node: str) -> bool | None:
     """The node's online flag in `crm_mon --output-as=xml`, None when the node is not listed."""
-    root = etree.fromstring(crm_mon_xml.encode() if isinstance(crm_mon_xml, str) else crm_mon_xml)
-    for entry in root.iterfind("nodes/node"):
-        if entry.get("name") == node:
-            return entry.get("online") == "true"
-    return None
+    root = crm_mon_xml if isinstance(crm_mon_xml, etree._Element) else _parse(crm_mon_xml, "crm_mon's output")
+    return pacemaker.node_online(root, node)
 
 
-def fenced_in_history(xml: bytes | str, node: str, after: float | None = None) -> str | None:
+def fenced_in_history(xml: bytes | str | etree._Element, node: str, after: float | None = None) -> str | None:
     """A successful off/reboot of `node` in `stonith_admin --history --output-as=xml` (completed
     after `after`, wall-clock seconds, when given: an unreadable time does not count then)."""
-    root = etree.fromstring(xml.encode() if isinstance(xml, str) else xml,
-                            parser=etree.XMLParser(resolve_entities=False, no_network=True))
+    root = xml if isinstance(xml, etree._Element) else _parse(xml, "the fencing history")
     for event in root.iter("fence_event"):
         if (event.get("target") == node and event.get("status") == "success"
                 and event.get("action") in ("off", "reboot")):

@@ -14,7 +14,7 @@ from ..agent import Agent
 from ..deadline import Deadline
 from ..ocf import OcfError, Rc
 from ..statefile import StateFile
-from ..virt.connection import Hypervisor, LibvirtUnavailable
+from ..virt.connection import DomainGone, Hypervisor, LibvirtBusy, LibvirtUnavailable, VirtError
 from . import config, rbdsafety, utilization
 from .config import ConfigUnreadable, Identity
 from .parameters import INFO
@@ -28,20 +28,28 @@ class VirtualDomain(Agent):
 
     # -- shared pieces ---------------------------------------------------------------
 
+    def failure(self, err: Exception) -> OcfError | None:
+        """libvirt errors no action handled itself: a failure that says what happened."""
+        if isinstance(err, VirtError):
+            kind = {LibvirtUnavailable: "libvirt unavailable", DomainGone: "domain vanished",
+                    LibvirtBusy: "libvirt busy, try again"}.get(type(err), "libvirt error")
+            return OcfError(Rc.ERR_GENERIC, f"{self.action}: {kind}: {err.reason}")
+        return None
+
     @functools.cached_property
     def state(self) -> StateFile:
         return StateFile(self.env.rsc_tmp, "VirtualDomain", self.env.resource)
 
     def identity(self, strict: bool) -> Identity | None:
-        return config.resolve(self.params["config"], self.params["domain"], self.state, strict)
+        return config.resolve(self.params["config"], self.params["domain"], self.state, self.deadline, strict)
 
     def require_identity(self) -> Identity:
         ident = self.identity(strict=True)
         if ident is None:
             try:
-                config.read_text(self.params["config"])
+                config.read_text(self.params["config"], self.deadline)
             except ConfigUnreadable as err:
-                raise OcfError(Rc.ERR_INSTALLED, str(err)) from None
+                raise OcfError(err.rc, str(err)) from None
             raise OcfError(Rc.ERR_CONFIGURED, "cannot tell the domain name")
         return ident
 
@@ -58,10 +66,8 @@ class VirtualDomain(Agent):
             return None, libvirt.VIR_DOMAIN_SHUTOFF, 0
         try:
             state, reason = hv.call(f"reading the state of {name}", dom.state)
-        except libvirt.libvirtError as err:
-            if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-                return None, libvirt.VIR_DOMAIN_SHUTOFF, 0
-            raise
+        except DomainGone:
+            return None, libvirt.VIR_DOMAIN_SHUTOFF, 0
         return dom, state, reason
 
     def running_rc(self, name: str, state: int, reason: int) -> Rc:
@@ -109,9 +115,9 @@ class VirtualDomain(Agent):
 
         path = self.params["config"]
         try:
-            text = config.read_text(path)
+            text = config.read_text(path, self.deadline)
         except ConfigUnreadable as err:
-            raise OcfError(Rc.ERR_INSTALLED, str(err)) from None
+            raise OcfError(err.rc, str(err)) from None
         parsed = config.parse(path, text)
         if self.params["domain"] and self.params["domain"] != parsed.name:
             raise OcfError(Rc.ERR_CONFIGURED,
@@ -162,10 +168,8 @@ class VirtualDomain(Agent):
             try:
                 state, max_mem, _mem, vcpus, _cpu = hv.call(f"reading the state of {ident.name}", dom.info)
                 reason = hv.call("reading the pause reason", dom.state)[1] if state == libvirt.VIR_DOMAIN_PAUSED else 0
-            except libvirt.libvirtError as err:
-                if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-                    return Rc.NOT_RUNNING
-                raise
+            except DomainGone:
+                return Rc.NOT_RUNNING
             rc = self.running_rc(ident.name, state, reason)
             if rc != Rc.SUCCESS:
                 return rc
@@ -225,13 +229,19 @@ class VirtualDomain(Agent):
                                    f"another domain named {ident.name} (uuid {uuid}) is defined on this "
                                    f"node; undefine it or fix {path}")
             hostorder.ensure(self.deadline, self.log)
-            text = config.read_text(path)
+            try:
+                text = config.read_text(path, self.deadline)
+            except ConfigUnreadable as err:
+                raise OcfError(err.rc, str(err)) from None
             parsed = config.parse(path, text)
+            if parsed.name != ident.name:
+                raise OcfError(Rc.ERR_CONFIGURED, f"{path} changed during the start (now names "
+                                                  f"{parsed.name}, not {ident.name})")
             if self.params["start_resources"]:
                 resources.ensure_active(hv, parsed.pools, parsed.networks, self.log)
 
             def create_and_wait() -> libvirt.virDomain:
-                self._create(hv, ident, path)
+                self._create(hv, ident, path, text)
                 return self._wait_running(hv, ident)
 
             dom = rbdsafety.start_exclusively(self, rbdsafety.guarded_disks(self, text), create_and_wait)
@@ -245,7 +255,9 @@ class VirtualDomain(Agent):
         finally:
             hv.close()
 
-    def _create(self, hv: Hypervisor, ident: Identity, path: str) -> None:
+    def _create(self, hv: Hypervisor, ident: Identity, path: str, text: str) -> None:
+        """Create the domain from `text`, the config as read and checked by start (a second
+        read could see another file)."""
         from . import persist
 
         saved = self._snapshot_file(ident.name)
@@ -259,10 +271,12 @@ class VirtualDomain(Agent):
             if self.params["backingfile"]:
                 persist.prepare_overlay(path, self.params["backingfile"], self.params["stateless"],
                                         self.params["copyindirs"], self.deadline, self.log)
-            hv.call(f"creating domain {ident.name}", hv.conn.createXML, config.read_text(path), 0,
+            hv.call(f"creating domain {ident.name}", hv.conn.createXML, text, 0,
                     limit=self.deadline.remaining())
-        except libvirt.libvirtError as err:
-            raise OcfError(Rc.ERR_GENERIC, f"failed to start {ident.name}: {err.get_error_message()}") from None
+        except LibvirtUnavailable:
+            raise
+        except VirtError as err:
+            raise OcfError(Rc.ERR_GENERIC, f"failed to start {ident.name}: {err.reason}") from None
 
     def _snapshot_file(self, name: str) -> str | None:
         return os.path.join(self.params["snapshot"], f"{name}.state") if self.params["snapshot"] else None
@@ -354,7 +368,7 @@ class VirtualDomain(Agent):
                   window: Deadline) -> bool:
         try:
             hv.call(f"saving {name} to {path}", dom.save, path, limit=window.remaining())
-        except (libvirt.libvirtError, LibvirtUnavailable) as err:
+        except VirtError as err:
             self.log.warning(f"saving {name} to {path} failed ({err}); shutting it down instead")
             return False
         self.log.info(f"saved {name} to {path}")
@@ -397,7 +411,11 @@ class VirtualDomain(Agent):
     def _start_remote_resources(self, remote: str) -> None:
         from . import resources
 
-        parsed = config.parse(self.params["config"], config.read_text(self.params["config"]))
+        try:
+            text = config.read_text(self.params["config"], self.deadline)
+        except ConfigUnreadable as err:
+            raise OcfError(err.rc, str(err)) from None
+        parsed = config.parse(self.params["config"], text)
         try:
             target = Hypervisor.connect(remote, self.deadline)
         except LibvirtUnavailable as err:

@@ -9,7 +9,7 @@ import libvirt
 
 from ..deadline import Deadline
 from ..ocf import OcfError, Rc
-from ..virt.connection import Hypervisor, LibvirtUnavailable
+from ..virt.connection import Hypervisor, VirtError
 
 
 def guest_agent_ping(hv: Hypervisor, dom: libvirt.virDomain, name: str, deadline: Deadline) -> bool:
@@ -24,9 +24,8 @@ def guest_agent_ping(hv: Hypervisor, dom: libvirt.virDomain, name: str, deadline
     try:
         reply = hv.call(f"pinging the guest agent of {name}", libvirt_qemu.qemuAgentCommand,
                         dom, json.dumps({"execute": "guest-ping"}), timeout, 0, limit=timeout + 1)
-    except (libvirt.libvirtError, LibvirtUnavailable) as err:
-        message = err.get_error_message() if isinstance(err, libvirt.libvirtError) else str(err)
-        raise OcfError(Rc.ERR_GENERIC, f"guest agent of {name} does not answer: {message}") from None
+    except VirtError as err:
+        raise OcfError(Rc.ERR_GENERIC, f"guest agent of {name} does not answer: {err.reason}") from None
     if "return" not in json.loads(reply or "{}"):
         raise OcfError(Rc.ERR_GENERIC, f"guest agent of {name} gave an unexpected answer: {reply}")
     return True

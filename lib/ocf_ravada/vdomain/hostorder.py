@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 from typing import Callable
 
 from ..deadline import Deadline
@@ -38,9 +39,20 @@ def ensure(deadline: Deadline, log: Log, root: str = "/", run: Runner = _systemc
     except OSError:
         pass
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "w", encoding="utf-8") as handle:
-        handle.write(CONTENT)
-    os.replace(path + ".tmp", path)
+    # Several VMs start at once after a boot: each writes its own temporary file and renames
+    # it into place atomically (a shared ".tmp" name would be renamed away under the others).
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".99-ravada-libvirt.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(CONTENT)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
     for argv in (["systemctl", "daemon-reload"], ["systemctl", "start", "virt-guest-shutdown.target"]):
         try:
             run(argv, deadline.bounded(10))

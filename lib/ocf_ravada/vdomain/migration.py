@@ -16,7 +16,7 @@ import libvirt
 from ..deadline import Deadline
 from ..log import Log
 from ..ocf import OcfError, Rc
-from ..virt.connection import Hypervisor, LibvirtUnavailable
+from ..virt.connection import Hypervisor, LibvirtUnavailable, VirtError
 
 # virsh migrate switches and the libvirt flag each one sets.
 FLAG_OPTIONS = {
@@ -87,8 +87,19 @@ def parse_options(text: str | None) -> MigrationOptions:
     return MigrationOptions(flags, values)
 
 
+def checked_node(node: str) -> str:
+    """The migration target's node name, refused unless it is a plain host name: it is put
+    into URIs (a name like 'h@x:22/y?' would point them elsewhere)."""
+    from .parameters import HOST_CHARS
+
+    if not HOST_CHARS.fullmatch(node):
+        raise OcfError(Rc.ERR_CONFIGURED, f"migration target {node!r} is not a host name")
+    return node
+
+
 def target_host(node: str, suffix: str) -> str:
     """node with the migration network suffix added before the domain part of an FQDN."""
+    node = checked_node(node)
     if not suffix:
         return node
     host, dot, domain = node.partition(".")
@@ -96,6 +107,7 @@ def target_host(node: str, suffix: str) -> str:
 
 
 def remote_uri(params, local_uri: str, node: str) -> str:
+    node = checked_node(node)
     if params["remoteuri"]:
         return params["remoteuri"].replace("%n", node)
     local = urlsplit(local_uri)
@@ -109,6 +121,7 @@ def remote_uri(params, local_uri: str, node: str) -> str:
 
 
 def data_uri(params, options: MigrationOptions, node: str, local_uri: str) -> str | None:
+    node = checked_node(node)
     if params["migrateuri"]:
         return params["migrateuri"].replace("%n", node)
     if libvirt.VIR_MIGRATE_PARAM_URI in options.values:
@@ -190,11 +203,11 @@ def run(hv: Hypervisor, dom: libvirt.virDomain, name: str, node: str, remote: st
                         params["migration_downtime"], 0, limit=2)
                 downtime_set = True
             stats = hv.call("reading migration progress", dom.jobStats, 0, limit=2)
-        except libvirt.libvirtError:
-            continue  # the job is not up yet, or just finished
         except LibvirtUnavailable as err:
             log.warning(f"migration progress unavailable: {err}")
             continue
+        except VirtError:
+            continue  # the job is not up yet, or just finished
         now = time.monotonic()
         if now - last_report >= 5:
             log.info(f"migration of {name} to {node}: {_progress(stats)}")
@@ -209,7 +222,7 @@ def run(hv: Hypervisor, dom: libvirt.virDomain, name: str, node: str, remote: st
             try:
                 hv.call("aborting the migration", dom.abortJob, limit=5)
                 aborted = True
-            except (libvirt.libvirtError, LibvirtUnavailable) as err:
+            except VirtError as err:
                 log.error(f"could not abort the migration: {err}")
     if job.is_alive():
         raise OcfError(Rc.ERR_GENERIC, f"migration of {name} to {node} did not finish or abort in time")

@@ -12,6 +12,7 @@ from .. import __version__
 from ..metadata import Action, AgentInfo
 from ..params import Parameter
 from ..rbd.agent_params import RBD_PARAMETERS
+from . import utilization
 
 SHUTDOWN_MODES = ("acpi", "agent", "initctl", "signal", "paravirt")
 TRANSPORTS = ("ssh", "tcp", "tls", "libssh", "libssh2", "unix", "ext")
@@ -35,6 +36,14 @@ def _transport(value: str) -> str | None:
 
 def _user(value: str) -> str | None:
     return None if re.fullmatch(r"[a-z][-a-z0-9]*", value) else "not a valid user name"
+
+
+# What may reach a URI's host part: host name characters only (no @ : / ? # or spaces).
+HOST_CHARS = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def _host_suffix(value: str) -> str | None:
+    return None if re.fullmatch(r"[A-Za-z0-9._-]+", value) else "only letters, digits, '.', '-' and '_'"
 
 
 def _has_node_placeholder_or_uri(value: str) -> str | None:
@@ -80,7 +89,7 @@ PARAMETERS: tuple[Parameter, ...] = (
     P("migration_network_suffix", "Migration network suffix",
       "Suffix added to the target node's host name (before the first dot) to use a dedicated "
       "migration network, for both the remote URI and the migration data URI.",
-      default="", reloadable=True),
+      default="", reloadable=True, check=lambda v: None if v == "" else _host_suffix(v)),
     P("migrateuri", "Migration data URI",
       "Explicit URI for the migration data stream; %n is replaced by the target node name. "
       "Overrides migration_network_suffix, migrateport and --migrateuri in migrate_options.",
@@ -116,24 +125,7 @@ PARAMETERS: tuple[Parameter, ...] = (
     P("monitor_scripts_timeout", "Timeout of each monitor script",
       "Seconds each monitor script may run before it counts as failed.",
       type="integer", default=10, minimum=1, reloadable=True),
-    P("autoset_utilization_cpu", "Set cpu utilization",
-      "Keep the resource's utilization 'cpu' equal to the domain's vCPU count.",
-      type="boolean", default=True, reloadable=True),
-    P("autoset_utilization_host_memory", "Set host_memory utilization",
-      "Keep the resource's utilization 'host_memory' equal to the domain's maximum memory (MiB).",
-      type="boolean", default=True, reloadable=True),
-    P("autoset_utilization_hv_memory", "Set hv_memory utilization",
-      "Keep the resource's utilization 'hv_memory' equal to the domain's maximum memory (MiB).",
-      type="boolean", default=True, reloadable=True),
-    P("unset_utilization_cpu", "Remove cpu utilization",
-      "Remove the resource's utilization 'cpu' (only when autoset_utilization_cpu is false).",
-      type="boolean", default=False, reloadable=True),
-    P("unset_utilization_host_memory", "Remove host_memory utilization",
-      "Remove utilization 'host_memory' (only when autoset_utilization_host_memory is false).",
-      type="boolean", default=False, reloadable=True),
-    P("unset_utilization_hv_memory", "Remove hv_memory utilization",
-      "Remove utilization 'hv_memory' (only when autoset_utilization_hv_memory is false).",
-      type="boolean", default=False, reloadable=True),
+) + utilization.parameters() + (
     P("save_config_on_stop", "Save the domain XML on stop",
       "Write the domain's current definition back to the config file on stop and migrate_to, "
       "only when it changed.", type="boolean", default=False, reloadable=True),

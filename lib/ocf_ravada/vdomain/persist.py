@@ -18,11 +18,12 @@ from .config import ConfigUnreadable, read_text
 
 def save_config(hv: Hypervisor, dom: libvirt.virDomain, path: str, sync: bool,
                 deadline: Deadline, log: Log) -> None:
-    """Replace `path` with the domain's definition, only when it changed and parses."""
+    """Replace `path` with the domain's definition, only when it changed and parses. A
+    definition with passwords is written 0600, whatever the old file's mode was."""
     flags = libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE
     xml = hv.call("reading the domain definition", dom.XMLDesc, flags, limit=10)
     try:
-        current = read_text(path)
+        current = read_text(path, deadline)
     except ConfigUnreadable:
         current = None
     if xml == current:
@@ -30,7 +31,7 @@ def save_config(hv: Hypervisor, dom: libvirt.virDomain, path: str, sync: bool,
     from ..virt import domxml  # lxml: only when a definition is saved
 
     try:
-        domxml.parse(xml)
+        secret = domxml.parse(xml).has_secrets
     except domxml.DomainXmlError as err:
         log.warning(f"not saving the domain definition to {path}: {err}")
         return
@@ -40,7 +41,8 @@ def save_config(hv: Hypervisor, dom: libvirt.virDomain, path: str, sync: bool,
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(xml)
         if current is not None:
-            shutil.copymode(path, tmp)
+            if not secret:
+                shutil.copymode(path, tmp)   # mkstemp made it 0600
             st = os.stat(path)
             os.chown(tmp, st.st_uid, st.st_gid)
         os.replace(tmp, path)

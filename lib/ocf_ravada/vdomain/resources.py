@@ -1,11 +1,9 @@
 """start_resources: the storage pools and networks a domain needs, active before it starts."""
 from __future__ import annotations
 
-import libvirt
-
 from ..log import Log
 from ..ocf import OcfError, Rc
-from ..virt.connection import Hypervisor
+from ..virt.connection import Hypervisor, LibvirtUnavailable, VirtError
 
 
 def ensure_active(hv: Hypervisor, pools: frozenset[str], networks: frozenset[str], log: Log) -> None:
@@ -17,13 +15,17 @@ def ensure_active(hv: Hypervisor, pools: frozenset[str], networks: frozenset[str
             else:
                 hv.call(f"starting pool {pool_name}", pool.create, 0)
                 log.info(f"started storage pool {pool_name}")
-        except libvirt.libvirtError as err:
-            raise OcfError(Rc.ERR_GENERIC, f"storage pool {pool_name}: {err.get_error_message()}") from None
+        except LibvirtUnavailable:
+            raise
+        except VirtError as err:
+            raise OcfError(Rc.ERR_GENERIC, f"storage pool {pool_name}: {err.reason}") from None
     for net_name in sorted(networks):
         try:
             net = hv.call(f"looking up network {net_name}", hv.conn.networkLookupByName, net_name)
             if not hv.call(f"checking network {net_name}", net.isActive):
                 hv.call(f"starting network {net_name}", net.create)
                 log.info(f"started network {net_name}")
-        except libvirt.libvirtError as err:
-            raise OcfError(Rc.ERR_GENERIC, f"network {net_name}: {err.get_error_message()}") from None
+        except LibvirtUnavailable:
+            raise
+        except VirtError as err:
+            raise OcfError(Rc.ERR_GENERIC, f"network {net_name}: {err.reason}") from None

@@ -14,7 +14,7 @@ import libvirt
 from ..deadline import Deadline
 from ..log import Log
 from ..ocf import OcfError, Rc
-from ..virt.connection import Hypervisor, LibvirtUnavailable, is_not_running
+from ..virt.connection import Hypervisor, LibvirtUnavailable, VirtError, is_not_running
 from .config import Identity
 
 SHUTDOWN_FLAGS = {
@@ -33,7 +33,9 @@ def is_down(hv: Hypervisor, name: str) -> bool:
         return True
     try:
         state, _reason = hv.call(f"reading the state of {name}", dom.state, limit=5)
-    except libvirt.libvirtError as err:
+    except LibvirtUnavailable:
+        raise
+    except VirtError as err:
         if is_not_running(err):
             return True
         raise
@@ -57,16 +59,16 @@ def graceful_shutdown(hv: Hypervisor, dom: libvirt.virDomain, name: str, modes: 
         try:
             hv.call(f"asking {name} to shut down" + (f" ({mode})" if mode else ""),
                     dom.shutdownFlags, flag, limit=min(10.0, share.remaining()))
-        except libvirt.libvirtError as err:
-            if is_not_running(err):
-                return True
-            log.warning(f"shutdown request{' (' + mode + ')' if mode else ''} for {name} "
-                        f"refused: {err.get_error_message()}")
-            continue
         except LibvirtUnavailable as err:
             # A shutdown request that hangs (e.g. a guest agent that does not answer) must
             # not eat the destroy reserve.
             log.warning(f"shutdown request for {name} did not return: {err}")
+            continue
+        except VirtError as err:
+            if is_not_running(err):
+                return True
+            log.warning(f"shutdown request{' (' + mode + ')' if mode else ''} for {name} "
+                        f"refused: {err.reason}")
             continue
         log.info(f"waiting up to {share.remaining():.0f}s for {name} to shut down"
                  + (f" ({mode})" if mode else ""))
@@ -83,11 +85,13 @@ def destroy(hv: Hypervisor, name: str, deadline: Deadline, log: Log) -> None:
             return
         try:
             hv.call(f"destroying {name}", dom.destroy, limit=deadline.remaining())
-        except libvirt.libvirtError as err:
+        except LibvirtUnavailable:
+            raise
+        except VirtError as err:
             if not is_not_running(err):
-                log.warning(f"destroy of {name} failed: {err.get_error_message()}")
+                log.warning(f"destroy of {name} failed: {err.reason}")
                 if deadline.remaining() < 1:
-                    raise OcfError(Rc.ERR_GENERIC, f"could not destroy {name}: {err.get_error_message()}") from None
+                    raise OcfError(Rc.ERR_GENERIC, f"could not destroy {name}: {err.reason}") from None
                 deadline.sleep(1)
                 continue
         if wait_down(hv, name, deadline):

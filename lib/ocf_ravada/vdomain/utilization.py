@@ -8,10 +8,33 @@ from __future__ import annotations
 from ..deadline import Deadline
 from ..log import Log
 from ..ocf import Environment
+from ..params import Parameter
 from ..statefile import StateFile
 
-ATTRIBUTES = ("cpu", "host_memory", "hv_memory")
+# Utilization attribute -> what it is kept equal to; the autoset_/unset_ parameters are
+# generated from this table.
+WHAT: dict[str, str] = {
+    "cpu": "the domain's vCPU count",
+    "host_memory": "the domain's maximum memory (MiB)",
+    "hv_memory": "the domain's maximum memory (MiB)",
+}
+ATTRIBUTES = tuple(WHAT)
 DELETED = "<deleted>"
+# Longest wait for one CIB write: placement data must not eat an action's time.
+WRITE_LIMIT = 5.0
+
+
+def parameters() -> tuple[Parameter, ...]:
+    """autoset_utilization_<attr> for every attribute, then unset_utilization_<attr>."""
+    autoset = tuple(Parameter(
+        f"autoset_utilization_{attr}", f"Set {attr} utilization",
+        f"Keep the resource's utilization '{attr}' equal to {what}.",
+        type="boolean", default=True, reloadable=True) for attr, what in WHAT.items())
+    unset = tuple(Parameter(
+        f"unset_utilization_{attr}", f"Remove {attr} utilization",
+        f"Remove the resource's utilization '{attr}' (only when autoset_utilization_{attr} is false).",
+        type="boolean", default=False, reloadable=True) for attr in WHAT)
+    return autoset + unset
 
 
 def wanted(params, vcpus: int, max_memory_kib: int) -> dict[str, str]:
@@ -43,15 +66,15 @@ def update(env: Environment, params, state: StateFile, vcpus: int, max_memory_ki
     # is no cluster whose CIB we could or should write.
     if not changes or rsc is None or not env.get("OCF_RESKEY_crm_feature_set"):
         return
-    from .. import cib  # subprocess: only when something is written
+    from .. import pacemaker  # subprocess: only when something is written
 
     for attr, value in changes.items():
         try:
             if value == DELETED:
-                cib.delete_utilization(rsc, attr, deadline.bounded(5))
+                pacemaker.delete_utilization(rsc, attr, deadline, limit=WRITE_LIMIT)
             else:
-                cib.set_utilization(rsc, attr, value, deadline.bounded(5))
-        except cib.CibError as err:
+                pacemaker.set_utilization(rsc, attr, value, deadline, limit=WRITE_LIMIT)
+        except pacemaker.PacemakerError as err:
             # Placement data is advisory: never fail an action for it; retried next monitor.
             log.info(f"utilization {attr} not updated: {err}")
             continue

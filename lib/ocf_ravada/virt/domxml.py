@@ -1,15 +1,22 @@
-"""What the agents need to know from a libvirt domain XML, read with lxml."""
+"""What the agents need to know from a libvirt domain XML, read with lxml.
+
+Parsed with safexml: a DOCTYPE or entity would make us read another domain than libvirt
+creates (`<name>test&x;</name>`), so such a document is refused, as is one over the cap.
+"""
 from __future__ import annotations
 
 from typing import NamedTuple
 
-from lxml import etree
+from .. import safexml
 
 GUEST_AGENT_CHANNEL = "org.qemu.guest_agent.0"
 _MEMORY_UNITS_KIB = {"b": 1 / 1024, "bytes": 1 / 1024, "kb": 1000 / 1024, "k": 1, "kib": 1,
                      "mb": 1000 ** 2 / 1024, "m": 1024, "mib": 1024,
                      "gb": 1000 ** 3 / 1024, "g": 1024 ** 2, "gib": 1024 ** 2,
                      "tb": 1000 ** 4 / 1024, "t": 1024 ** 3, "tib": 1024 ** 3}
+
+
+MAX_BYTES = 4 * 1024 * 1024
 
 
 class DomainXmlError(ValueError):
@@ -25,6 +32,7 @@ class DomainConfig(NamedTuple):
     networks: frozenset[str]
     has_guest_agent: bool
     has_rbd: bool
+    has_secrets: bool = False  # passwords (VNC/SPICE passwd): only in XML read with _SECURE
 
 
 def _memory_kib(element) -> int | None:
@@ -39,10 +47,9 @@ def _memory_kib(element) -> int | None:
 def parse(xml: str | bytes) -> DomainConfig:
     """Parse a domain definition; DomainXmlError says what is wrong with it."""
     try:
-        root = etree.fromstring(xml.encode() if isinstance(xml, str) else xml,
-                                etree.XMLParser(resolve_entities=False, no_network=True))
-    except etree.XMLSyntaxError as err:
-        raise DomainXmlError(f"not well-formed XML: {err}") from None
+        root = safexml.parse(xml, "the domain XML", limit=MAX_BYTES)
+    except safexml.UnsafeXml as err:
+        raise DomainXmlError(str(err).removeprefix("the domain XML is ")) from None
     if root.tag != "domain":
         raise DomainXmlError(f"root element is <{root.tag}>, not <domain>")
     name = (root.findtext("name") or "").strip()
@@ -68,4 +75,5 @@ def parse(xml: str | bytes) -> DomainConfig:
         networks=frozenset(networks),
         has_guest_agent=agent,
         has_rbd=rbd,
+        has_secrets=bool(root.xpath("//@passwd | //@password")),
     )
