@@ -5,16 +5,19 @@ as real VM resources, so Pacemaker's scheduler (crm_simulate) treats them exactl
 """
 from __future__ import annotations
 
+import re
 import tempfile
 from pathlib import Path
 
 from lxml import etree
 
 from .cib import BASE_ATTRIBUTE_PREFIX, BASE_META, USER_META
-from .model import Cluster
+from .model import Cluster, InputError
 from .pacemaker import run
 
 VALIDATE_WITH = "pacemaker-3.0"
+# Resource ids are XML IDs (NCName), close enough.
+XML_ID = re.compile(r"[^\W\d][\w.-]*")
 
 
 def _nvset(parent: etree._Element, tag: str, owner: str, values: dict[str, str | int]) -> None:
@@ -41,6 +44,9 @@ def cib_for(cluster: Cluster, placement_strategy: str = "default") -> etree._Ele
             _nvset(node_el, "utilization", f"node{i}", {"cpu": node.cpu, "hv_memory": node.memory})
     resources = etree.SubElement(configuration, "resources")
     for vm in cluster.vms.values():
+        if not XML_ID.fullmatch(vm.name):
+            raise InputError(f"VM name {vm.name!r} cannot be a Pacemaker resource id (an XML NCName: "
+                             "a letter or '_', then letters, digits, '_', '.', '-')")
         primitive = etree.SubElement(resources, "primitive", id=vm.name, type="Dummy",
                                      provider="pacemaker", **{"class": "ocf"})
         meta = {key: value for key, value in ((USER_META, vm.user), (BASE_META, vm.base)) if value}

@@ -198,3 +198,19 @@ def test_rebalance_works_for_every_policy(tmp_path, policy):
         assert all(line.split()[3] == "n1" for line in moves), out
     else:
         assert moves and all(line.split()[1] == "n1" for line in moves), out
+
+
+def test_running_colocated_vms_move_together_and_a_stopped_one_joins_them(tmp_path):
+    c = cluster([Node("n1", 8, 8192), Node("n2", 8, 8192)],
+                [VM("a", 1, 1024, node="n1"), VM("b", 1, 1024, node="n1"), VM("c", 1, 1024),
+                 VM("d", 1, 1024, node="n1")])
+    cib = util_cib(c)
+    constraints = cib.find("configuration/constraints")
+    etree.SubElement(constraints, "rsc_colocation", id="a-with-b", rsc="a", **{"with-rsc": "b"}, score="INFINITY")
+    etree.SubElement(constraints, "rsc_colocation", id="c-with-b", rsc="c", **{"with-rsc": "b"}, score="INFINITY")
+    path = save(cib, tmp_path / "cib.xml")
+    out = run_tool("place", "--cib", path, "--explain", check=True).stdout
+    assert "c: n1" in out.splitlines()
+    drained = run_tool("drain", "n1", "--cib", path, "--simulate", check=True).stdout
+    assert "a+b: n1 -> n2" in drained and "d: n1 -> n2" in drained
+    assert simulated(drained) == {"a": "n2", "b": "n2", "c": "n2", "d": "n2"}
