@@ -152,7 +152,7 @@ def test_owner_restarted_on_its_node_with_a_new_address_is_the_one_fenced(ceph, 
 def test_a_recorded_start_without_address_refuses_until_that_node_is_fenced(ceph, image, agents, admin):
     disk = RbdDisk.from_spec(image)
     # node-e's agent wrote its record and froze before its QEMU opened the image
-    owner.store(admin, disk, owner.OwnerRecord(), owner.OwnerRecord().owned_by("node-e"))
+    owner.store(admin, disk, owner.OwnerRecord(), owner.OwnerRecord().owned_by(owner.Party("node-e")))
 
     refused = agents("node-b", image, deadline=10)
 
@@ -195,3 +195,18 @@ def test_a_record_that_is_not_ours_is_a_clear_error(ceph, image, admin):
                        local_node=ROOT_NODE, reserve=0.5) as guard:
         with pytest.raises(owner.BadRecord, match="owner record is not JSON"):
             guard.before_start([RbdDisk.from_spec(image)], Deadline(5))
+
+
+def test_two_hosts_with_one_name_are_told_apart_by_their_ips(ceph, image, agents, admin):
+    """Without Pacemaker's node name both hosts may call themselves the same: the record keeps
+    their Ceph IPs, so neither mistakes the other's entry for its own."""
+    vm_a = agents("node-a", image)
+    a_entry = record_of(admin, image).owner
+    assert a_entry.ips == (ceph.nodes["node-a"].ip,)
+    with RbdGuard.open(str(ceph.conf), "node", str(ceph.keyring("node")), timeout=5,
+                       local_node="node-a", reserve=0.5) as same_name_elsewhere:   # node-r's IP
+        same_name_elsewhere.after_stop([RbdDisk.from_spec(image)], Deadline(5))
+        assert record_of(admin, image).owner == a_entry          # not taken for its own
+        assert not same_name_elsewhere.check_running([RbdDisk.from_spec(image)], 0).ok
+    vm_a.stop()
+    assert record_of(admin, image).empty

@@ -14,7 +14,7 @@ from __future__ import annotations
 import errno
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Callable, Iterable, Protocol
 
@@ -115,8 +115,9 @@ class RbdGuard:
         self.reserve = reserve
         self.poll_interval = poll_interval
         self.log = log or (lambda msg: None)
-        # The name this node goes by in owner records and claims.
+        # This node as owner records name it (and its claims).
         self.node_name = local_node or self.session.own_addr().ip
+        self.me = owner.Party(self.node_name, tuple(sorted(self.own_ips)))
         self._claims: dict[tuple[str, str, str], str] = {}   # (pool, ns, image) -> cookie
         self._records: dict[tuple[str, str, str], OwnerRecord] = {}   # written by before_start
 
@@ -201,14 +202,14 @@ class RbdGuard:
                 break
             time.sleep(self.poll_interval)
         if ours:
-            new = record.with_addrs(self.node_name, ours)
+            new = record.with_addrs(self.me, ours)
         elif started:
             self.log(f"{disk.spec}: no client of this node watches it yet; its owner record "
                      f"stays 'starting on {self.node_name}' (a start elsewhere refuses until this "
                      f"node is fenced or the VM is stopped here)")
             return
         else:
-            new = record.without(self.node_name)
+            new = record.without(self.me)
         try:
             owner.store(self.session, disk, record, new)
         except owner.RecordChanged as err:
@@ -311,13 +312,13 @@ class RbdGuard:
         decided -- the previous owner's stop taking itself out: that is fine as long as it names
         nobody we have not dealt with; anything else is refused (RecordChanged)."""
         try:
-            return owner.store(self.session, disk, record, record.owned_by(self.node_name))
+            return owner.store(self.session, disk, record, record.owned_by(self.me))
         except owner.RecordChanged:
             fresh = owner.load(self.session, disk)
             if any(p.pending or not set(p.addrs) <= set(handled) for p in fresh.parties
-                   if p.node != self.node_name):
+                   if not p.is_(self.me)):
                 raise
-            return owner.store(self.session, disk, fresh, fresh.owned_by(self.node_name))
+            return owner.store(self.session, disk, fresh, fresh.owned_by(self.me))
 
     def _suspects(self, states: list[ImageState], records: list[OwnerRecord],
                   seen: dict[str, str]) -> dict[str, str]:
@@ -344,22 +345,23 @@ class RbdGuard:
         doubts = []
         for record in records:
             for party in record.parties:
-                if not party.pending or party.node == self.node_name:
+                if not party.pending or party.is_(self.me):
                     continue     # our own node: libvirt has just told the agent no QEMU runs
-                if seen_ips & set(self.node_map.ips_of(party.node)):
+                if seen_ips & (set(party.ips) | set(self.node_map.ips_of(party.node))):
                     continue
-                if self.node_fenced(party.node, record.since, deadline):
+                if self.node_fenced(party.node, record.since, deadline, party.ips):
                     continue
                 doubts.append(f"the owner record says {party.node} was starting this VM "
                               f"(epoch {record.epoch}) and its QEMU's address is unknown; fence "
                               f"{party.node} or stop the VM there first")
         return "; ".join(doubts)
 
-    def node_fenced(self, node: str, since: float = 0.0, deadline: DeadlineLike | None = None) -> str | None:
-        """Why `node` counts as fenced after wall-clock time `since`: every Ceph IP of it is
-        blocklisted (fence_rbd), or Pacemaker's history has a successful off/reboot of it
-        completed after `since`; None when not confirmed."""
-        ips = self.node_map.ips_of(node)
+    def node_fenced(self, node: str, since: float = 0.0, deadline: DeadlineLike | None = None,
+                    ips: Iterable[str] = ()) -> str | None:
+        """Why `node` counts as fenced after wall-clock time `since`: every Ceph IP of it (from
+        the node map, else `ips`) is blocklisted (fence_rbd), or Pacemaker's history has a
+        successful off/reboot of it completed after `since`; None when not confirmed."""
+        ips = self.node_map.ips_of(node) or tuple(ips)
         listed = self.session.blocklist_ls()
         if ips and all(self.session.is_blocklisted(str(ClientAddr(ip, 0, 0)), listed) for ip in ips):
             return f"all Ceph IPs of {node} blocklisted"
@@ -472,9 +474,11 @@ class RbdGuard:
         if not self.node_map.ips_of(partner):
             problems.append(f"no Ceph addresses known for migration partner {partner!r} "
                             f"(node attribute ravada-ceph-addrs)")
+        partner_party = self._party(partner)
         for disk in disks:
             record = owner.load(self.session, disk)
-            strangers = [p.node for p in record.parties if p.node not in (self.node_name, partner)]
+            strangers = [p.node for p in record.parties
+                         if not p.is_(self.me) and not p.is_(partner_party)]
             if strangers:
                 problems.append(f"{disk.spec}: the owner record names {', '.join(strangers)} "
                                 f"({record.describe()})")
@@ -491,13 +495,13 @@ class RbdGuard:
             return GuardResult(True, "rbd_lock_policy=off: not recorded")
         for disk in guarded:
             record = owner.load(self.session, disk)
-            if record.owner is not None and record.owner.node != self.node_name:
+            if record.owner is not None and not record.owner.is_(self.me):
                 return GuardResult(False, f"refusing migration: {disk.spec} belongs to another node "
                                           f"according to its owner record ({record.describe()})")
             ours = self._own_watchers(read_image_state(self.session, disk))
-            current = record if record.owner else record.owned_by(self.node_name, ours)
+            current = record if record.owner else record.owned_by(replace(self.me, addrs=ours))
             try:
-                owner.store(self.session, disk, record, current.migrating_to(target))
+                owner.store(self.session, disk, record, current.migrating_to(self._party(target)))
             except owner.RecordChanged as err:
                 return GuardResult(False, f"refusing migration: {err.reason}")
         return GuardResult(True, f"owner records name {target} as migration target")
@@ -508,19 +512,19 @@ class RbdGuard:
         target is dropped again, unless a client of it still has the disk open."""
         if self.policy is Policy.OFF:
             return
-        target_ips = set(self.node_map.ips_of(target))
+        them = self._party(target)
         for disk in (d for d in disks if d.guarded):
             record = owner.load(self.session, disk)
             theirs = tuple(sorted(str(w.addr) for w in read_image_state(self.session, disk).watchers
-                                  if w.addr.ip in target_ips))
+                                  if w.addr.ip in them.ips))
             if succeeded:
-                new = record.without(self.node_name)
-                if new.owner is None or new.owner.node != target:
-                    new = new.owned_by(target)
+                new = record.without(self.me)
+                if new.owner is None or not new.owner.is_(them):
+                    new = new.owned_by(them)
             else:
-                new = record if theirs else record.without(target)
+                new = record if theirs else record.without(them)
             if theirs:
-                new = new.with_addrs(target, theirs)
+                new = new.with_addrs(them, theirs)
             try:
                 owner.store(self.session, disk, record, new)
             except owner.RecordChanged as err:
@@ -533,14 +537,15 @@ class RbdGuard:
             return GuardResult(True, "rbd_lock_policy=off: not recorded")
         for disk in (d for d in disks if d.guarded):
             record = owner.load(self.session, disk)
-            if record.owner is not None and record.owner.node not in (self.node_name, source):
+            if record.owner is not None and not (record.owner.is_(self.me)
+                                                 or record.owner.is_(self._party(source))):
                 return GuardResult(False, f"{disk.spec} was taken over by another node meanwhile "
                                           f"({record.describe()})")
             ours = self._own_watchers(read_image_state(self.session, disk))
-            if record.owner is not None and record.owner.node == self.node_name and not record.incoming:
-                new = record.with_addrs(self.node_name, ours) if ours else record
+            if record.owner is not None and record.owner.is_(self.me) and not record.incoming:
+                new = record.with_addrs(self.me, ours) if ours else record
             else:
-                new = record.owned_by(self.node_name, ours)
+                new = record.owned_by(replace(self.me, addrs=ours))
             if new != record:
                 try:
                     owner.store(self.session, disk, record, new)
@@ -589,12 +594,12 @@ class RbdGuard:
             if not ours:
                 check.lost_watch.append(f"{disk.spec} is not watched by this node")
             record = owner.load(self.session, disk)
-            if record.owner is not None and record.owner.node != self.node_name:
+            if record.owner is not None and not record.owner.is_(self.me):
                 check.split_brain.append(f"{disk.spec} belongs to another node by its owner record "
                                          f"({record.describe()})")
             elif ours and not record.incoming:
-                new = record.owned_by(self.node_name, ours) if record.owner is None \
-                    else record.with_addrs(self.node_name, ours)
+                new = record.owned_by(replace(self.me, addrs=ours)) if record.owner is None \
+                    else record.with_addrs(self.me, ours)
                 if new != record:
                     repairs.append((disk, record, new))
         return check, repairs
@@ -622,7 +627,7 @@ class RbdGuard:
             # without `recover` we do not fence: the record keeps naming them for the next start.
             for state in states:
                 leftover = self._own_watchers(state)
-                self._update_record(state.disk, lambda r, addrs=leftover: r.with_addrs(self.node_name, addrs))
+                self._update_record(state.disk, lambda r, addrs=leftover: r.with_addrs(self.me, addrs))
             return GuardResult(True, "watch(es) of this node's client(s) "
                                + ", ".join(map(str, sorted(ours, key=str)))
                                + " still present (rbd_lock_policy=check: not fenced)", states=states)
@@ -631,7 +636,7 @@ class RbdGuard:
             self.session.blocklist_add(str(addr), self.blocklist_seconds)
             actions.append(f"blocklisted leftover client {addr}")
         for disk in guarded:
-            self._update_record(disk, lambda r: r.without(self.node_name))
+            self._update_record(disk, lambda r: r.without(self.me))
         return GuardResult(True, "; ".join(actions) or "no client of this node has the disks open",
                            actions, states)
 
@@ -693,6 +698,10 @@ class RbdGuard:
         return GuardResult(True, "released: " + "; ".join(plan), plan, [after])
 
     # ---- helpers ----------------------------------------------------------------------------
+    def _party(self, node: str) -> owner.Party:
+        """Another node as owner records name it (its IPs from the node map)."""
+        return owner.Party(node, tuple(sorted(self.node_map.ips_of(node))))
+
     def _who(self, addr: ClientAddr) -> str:
         return self.node_map.describe(addr, self.own_ips)
 

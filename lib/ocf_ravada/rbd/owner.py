@@ -8,8 +8,8 @@ which client to blocklist even when its watch and lock are long gone (see doc/rb
 
 One small RADOS object per image, `ravada_owner.<image>` next to it, holding JSON:
     {"epoch": 7, "since": 1764540000.0,
-     "owner": {"node": "node1", "addrs": ["10.0.0.11:0/3141592653"]},
-     "incoming": {"node": "node2", "addrs": []}}          # only during a live migration
+     "owner": {"node": "node1", "ips": ["10.0.0.11"], "addrs": ["10.0.0.11:0/3141592653"]},
+     "incoming": {"node": "node2", "ips": ["10.0.0.12"], "addrs": []}}   # only while migrating
 Every change is a compare-and-swap on the object's RADOS version (assert_version, or an
 exclusive create when there is none), so two writers can never both believe they won.
 Not image-meta: setting that needs a writable open, which asks the running QEMU's librbd for the
@@ -42,17 +42,25 @@ class BadRecord(RbdError):
 
 @dataclass(frozen=True)
 class Party:
-    """A node that runs (or is about to run) the VM, and its QEMU's client addresses.
-    `addrs` is empty while QEMU is being started: the address is known only once it watches."""
+    """A node that runs (or is about to run) the VM: its name, the IPs its Ceph clients use, and
+    its QEMU's client addresses.  `addrs` is empty while QEMU is being started: the address is
+    known only once it watches the image."""
     node: str
+    ips: tuple[str, ...] = ()
     addrs: tuple[str, ...] = ()
 
     @property
     def pending(self) -> bool:
         return not self.addrs
 
+    def is_(self, other: "Party") -> bool:
+        """The same node: same name and, when both know them, a common Ceph IP (two hosts that
+        share a name -- no Pacemaker node name given -- are still told apart)."""
+        return self.node == other.node and (not self.ips or not other.ips
+                                            or bool(set(self.ips) & set(other.ips)))
+
     def to_json(self) -> dict:
-        return {"node": self.node, "addrs": list(self.addrs)}
+        return {"node": self.node, "ips": list(self.ips), "addrs": list(self.addrs)}
 
     @classmethod
     def from_json(cls, data: object) -> "Party | None":
@@ -60,10 +68,11 @@ class Party:
             return None
         if not isinstance(data, dict) or not isinstance(data.get("node"), str) or not data["node"]:
             raise BadRecord("owner record: a party without a node name")
-        addrs = data.get("addrs", [])
-        if not isinstance(addrs, list) or not all(isinstance(a, str) and a for a in addrs):
-            raise BadRecord("owner record: addrs must be a list of client addresses")
-        return cls(data["node"], tuple(addrs))
+        lists = {key: data.get(key, []) for key in ("ips", "addrs")}
+        for key, value in lists.items():
+            if not isinstance(value, list) or not all(isinstance(a, str) and a for a in value):
+                raise BadRecord(f"owner record: {key} must be a list of addresses")
+        return cls(data["node"], tuple(lists["ips"]), tuple(lists["addrs"]))
 
 
 @dataclass(frozen=True)
@@ -82,9 +91,6 @@ class OwnerRecord:
     def empty(self) -> bool:
         return not self.parties
 
-    def party_of(self, node: str) -> Party | None:
-        return next((p for p in self.parties if p.node == node), None)
-
     def describe(self) -> str:
         if self.empty:
             return "no owner recorded"
@@ -94,24 +100,24 @@ class OwnerRecord:
         return f"{text} (epoch {self.epoch})"
 
     # ---- transitions (pure: the caller writes the result with store()) ---------------------
-    def owned_by(self, node: str, addrs: tuple[str, ...] = ()) -> "OwnerRecord":
-        """A new owner: a start (pending) or the end of a migration."""
-        return replace(self, owner=Party(node, addrs), incoming=None, epoch=self.epoch + 1,
-                       since=time.time())
+    def owned_by(self, node: Party) -> "OwnerRecord":
+        """A new owner: a start (no address yet) or the end of a migration."""
+        return replace(self, owner=node, incoming=None, epoch=self.epoch + 1, since=time.time())
 
-    def with_addrs(self, node: str, addrs: tuple[str, ...]) -> "OwnerRecord":
+    def with_addrs(self, node: Party, addrs: tuple[str, ...]) -> "OwnerRecord":
         """The addresses of `node`'s QEMU, now that it watches the image."""
-        return replace(self, owner=_set_addrs(self.owner, node, addrs),
-                       incoming=_set_addrs(self.incoming, node, addrs))
+        def update(party: Party | None) -> Party | None:
+            return replace(party, addrs=addrs) if party is not None and party.is_(node) else party
+        return replace(self, owner=update(self.owner), incoming=update(self.incoming))
 
-    def migrating_to(self, node: str) -> "OwnerRecord":
-        return replace(self, incoming=Party(node))
+    def migrating_to(self, node: Party) -> "OwnerRecord":
+        return replace(self, incoming=node)
 
-    def without(self, node: str) -> "OwnerRecord":
+    def without(self, node: Party) -> "OwnerRecord":
         """`node`'s QEMU is gone: drop it; the migration target (if any) becomes the owner."""
-        if self.incoming and self.incoming.node == node:
+        if self.incoming and self.incoming.is_(node):
             return replace(self, incoming=None)
-        if self.owner and self.owner.node == node:
+        if self.owner and self.owner.is_(node):
             return replace(self, owner=self.incoming, incoming=None, epoch=self.epoch + 1,
                            since=time.time())
         return self
@@ -145,10 +151,6 @@ class OwnerRecord:
 
 def _describe(party: Party) -> str:
     return f"{party.node} ({', '.join(party.addrs) if party.addrs else 'QEMU starting, address not yet known'})"
-
-
-def _set_addrs(party: Party | None, node: str, addrs: tuple[str, ...]) -> Party | None:
-    return Party(node, addrs) if party is not None and party.node == node else party
 
 
 def object_name(disk: RbdDisk) -> str:
