@@ -3,9 +3,10 @@
 A batch that fits is placed largest first (each VM consuming capacity before the next).
 One that cannot all fit is planned for the most VMs placed: priority classes in turn
 (Pacemaker's `priority`, highest first, so a VM is never left out for a lower-priority one),
-each smallest first, tried with the policy's node choice, first fit and pack's; then a VM left
-out may still go where moving one planned VM elsewhere makes room.  Of the plans that place
-the most, the one the policy rates best wins.  `bound` is how many could be placed at most.
+each smallest first, tried with the policy's node choice, first fit, pack's, and the plain
+smallest-memory-first first fit; then a VM left out may still go where moving one planned VM
+elsewhere makes room.  Of the plans that place the most, the one the policy rates best wins.
+`bound` is how many could be placed at most.
 """
 from __future__ import annotations
 
@@ -232,22 +233,31 @@ def _most_placed(make_state: Callable[[], PlacementState], policy: Policy, vms: 
     for vm in vms:
         classes.setdefault(vm.priority, []).append(vm)
     # First fit (nodes in CIB order) and pack's best fit on nodes in use leave fewer unusable
-    # fragments than spreading; which one places most depends on the shapes.
+    # fragments than spreading; which one places most depends on the shapes.  The last run
+    # is the plain baseline (smallest memory first, first fit), so no plan places fewer.
     node_order = {node: i for i, node in enumerate(make_state().loads)}
 
     def first_fit(state: PlacementState, vm: VM, node: str) -> tuple:
         return (node_order[node],)
 
-    choosers = [policy.key, first_fit] if policy.maximize else [policy.key]
-    if policy.maximize and policy.name.split("+")[0] != PackPolicy.name:
-        choosers.append(PackPolicy().key)
+    def by_share(batch: list[VM], state: PlacementState) -> list[VM]:
+        return policy.arrange(smallest_first(batch, state, policy.check_cpu))
+
+    def by_memory(batch: list[VM], state: PlacementState) -> list[VM]:
+        return policy.arrange(sorted(batch, key=lambda vm: (vm.memory, vm.cpu, vm.name)))
+
+    if policy.maximize:
+        runs = [(by_share, policy.key), (by_share, first_fit), (by_memory, first_fit)]
+        if policy.name.split("+")[0] != PackPolicy.name:
+            runs.insert(2, (by_share, PackPolicy().key))
+    else:
+        runs = [(lambda batch, state: batch, policy.key)]
     best: tuple | None = None
-    for rank, chooser in enumerate(choosers):
+    for rank, (arrange, chooser) in enumerate(runs):
         state, plan = make_state(), Plan(kind, drained=drained)
         for priority in sorted(classes, reverse=True):
             batch = classes[priority]
-            order = policy.arrange(smallest_first(batch, state, policy.check_cpu)) if policy.maximize else batch
-            assign_batch(state, policy, order, plan, explain, chooser)
+            assign_batch(state, policy, arrange(batch, state), plan, explain, chooser)
             left = [vm for vm in batch if vm.name in plan.failures]
             if left and policy.maximize:
                 planned = {move.vm for move in plan.moves}
