@@ -207,12 +207,22 @@ def _run(args: argparse.Namespace) -> int:
     if cib is None:
         return 0
     if args.write_cib:
-        write_cib(new_cib, Path(args.write_cib))
+        _write_output(new_cib, Path(args.write_cib))
     if args.simulate:
         _show_simulation(plan, cluster, new_cib, with_status)
     if args.apply:
         print(f"applied: {len(new)} constraint(s) written, {len(removed)} replaced")
     return 0
+
+
+def _write_output(cib: etree._Element, path: Path) -> None:
+    """--write-cib: a regular file (a FIFO would block us until someone reads it)."""
+    if path.exists() and not path.is_file():
+        raise InputError(f"cannot write {path}: not a regular file")
+    try:
+        write_cib(cib, path)
+    except OSError as err:
+        raise InputError(f"cannot write {path}: {err.strerror}") from None
 
 
 def _show_simulation(plan: Plan, cluster: Cluster, new_cib, with_status: bool) -> None:

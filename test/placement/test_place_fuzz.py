@@ -190,7 +190,14 @@ def test_hostile_cibs_and_domain_xml_end_cleanly(tmp_path):
         argvs.append([rng.choice(["place", "rebalance", "clear"]), "--cib", str(path)])
     fifo = tmp_path / "cib.fifo"
     os.mkfifo(fifo)
-    argvs += [["place", "--cib", str(fifo)], ["place", "--cib", "/dev/zero"], ["clear", "--cib", str(tmp_path)]]
+    good = tmp_path / "good.xml"
+    good.write_bytes(etree.tostring(_cib()))
+    out_fifo = tmp_path / "out.fifo"
+    os.mkfifo(out_fifo)
+    argvs += [["place", "--cib", str(fifo)], ["place", "--cib", "/dev/zero"], ["clear", "--cib", str(tmp_path)],
+              ["place", "--cib", str(good), "--write-cib", str(out_fifo)],
+              ["place", "--cib", str(good), "--write-cib", str(tmp_path / "absent" / "out.xml")],
+              ["place", "--cib", str(good), "--write-cib", str(tmp_path)]]
     with ThreadPoolExecutor(max_workers=4) as pool:
         check(list(pool.map(run, argvs)))
 
