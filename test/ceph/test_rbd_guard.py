@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 import rbd
 
-from microceph import IMAGE_FEATURES, NOCAP_USER, POOL, ROOT_NODE
+from ravada_lab.microceph import IMAGE_FEATURES, NOCAP_USER, POOL, ROOT_NODE
 from ocf_ravada.deadline import Deadline
 from ocf_ravada.ocf import Rc
 from ocf_ravada.rbd import (CephConfigMissing, CephSession, CephUnreachable, ImageMissing, MissingCaps,
                             NodeMap, Policy, RbdDisk, RbdGuard)
-from ocf_ravada.rbd.agent_params import RBD_PARAMETERS, exit_code, open_guard
+from ocf_ravada.vdomain.rbdparams import RBD_PARAMETERS, exit_code, open_guard
 from ocf_ravada.rbd.fencing import fence_ips, unfence_ips
 
 pytestmark = pytest.mark.ceph

@@ -9,7 +9,7 @@
         guard.after_start(disks)
 
 Names are loaded on first use (PEP 562): importing the package, or its light modules such
-as agent_params, must not load librados into every agent run.
+as disks or errors, must not load librados into every agent run.
 """
 import importlib
 

@@ -3,8 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lxml import etree
-
+from .. import safexml
 from .errors import BadDiskSpec
 
 
@@ -49,13 +48,13 @@ class RbdDisk:
 def disks_from_domain_xml(xml: str | bytes) -> list[RbdDisk]:
     """Every <disk type='network'> with <source protocol='rbd'> of the domain, in document order.
 
-    Raises BadDiskSpec for XML that does not parse or an RBD source without a usable name.
+    Raises BadDiskSpec for XML that does not parse, declares a DOCTYPE/entities, or an RBD
+    source without a usable name.
     """
     try:
-        root = etree.fromstring(xml.encode() if isinstance(xml, str) else xml,
-                                parser=etree.XMLParser(resolve_entities=False, no_network=True))
-    except etree.XMLSyntaxError as exc:
-        raise BadDiskSpec(f"domain XML does not parse: {exc}") from exc
+        root = safexml.parse(xml, "domain XML")
+    except safexml.UnsafeXml as exc:
+        raise BadDiskSpec(str(exc)) from None
     disks = []
     for disk in root.iterfind("devices/disk[@type='network']"):
         source = disk.find("source[@protocol='rbd']")

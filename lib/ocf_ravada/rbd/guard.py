@@ -16,7 +16,7 @@ import os
 import time
 from dataclasses import dataclass, field, replace
 from enum import Enum
-from typing import Callable, Iterable, Protocol
+from typing import Callable, Iterable, Protocol, TypeVar
 
 import rados
 import rbd
@@ -29,6 +29,8 @@ from . import owner
 from .image_state import ImageState, read_image_state
 from .nodes import NodeMap, own_ceph_ips, pacemaker_fenced
 from .owner import OwnerRecord
+
+T = TypeVar("T")
 
 CLAIM_LOCK_NAME = "ravada-start"
 CLAIM_OBJECT_PREFIX = "ravada_claim."
@@ -96,8 +98,12 @@ class RbdGuard:
                  watch_timeout: float | None = None, wait_margin: float = 5.0,
                  stale_confirm: float = 3.0,
                  reserve: float = 5.0, poll_interval: float = 0.5,
-                 log: Callable[[str], None] | None = None) -> None:
+                 log: Callable[[str], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         self.session = session
+        # Every wait goes through these two, so the waiting logic is testable on a fake clock.
+        self.clock, self.sleep = clock, sleep
         self.policy = policy if isinstance(policy, Policy) else Policy.parse(policy)
         self.node_map = node_map or NodeMap()
         self.local_node = local_node
@@ -195,12 +201,8 @@ class RbdGuard:
             self._release_claims(disks)
 
     def _settle_record(self, disk: RbdDisk, record: OwnerRecord, started: bool, settle: float) -> None:
-        end = time.monotonic() + settle
-        while True:
-            ours = self._own_watchers(read_image_state(self.session, disk))
-            if ours or not started or time.monotonic() + self.poll_interval > end:
-                break
-            time.sleep(self.poll_interval)
+        ours = self._poll(settle if started else 0.0,
+                          lambda: self._own_watchers(read_image_state(self.session, disk)), bool)
         if ours:
             new = record.with_addrs(self.me, ours)
         elif started:
@@ -376,7 +378,7 @@ class RbdGuard:
         states, or None when the caller must refuse."""
         if deadline.remaining() - self.reserve < self.stale_confirm:
             return None
-        time.sleep(self.stale_confirm)
+        self.sleep(self.stale_confirm)
         fresh = [read_image_state(self.session, d) for d in disks]
         if self._blockers(fresh):
             return None
@@ -391,25 +393,36 @@ class RbdGuard:
         the deadline minus the reserve the start itself needs.  Also returns every watcher seen
         meanwhile (address -> why): one that went away may be a frozen QEMU whose watch
         expired, and is fenced like a stale owner."""
-        limit = time.monotonic() + min(self.watch_timeout + self.wait_margin,
-                                       max(0.0, deadline.remaining() - self.reserve))
-        announced = False
+        wait = min(self.watch_timeout + self.wait_margin, max(0.0, deadline.remaining() - self.reserve))
         seen: dict[str, str] = {}
-        while True:
+        looks = 0
+
+        def look() -> list[ImageState]:
+            nonlocal looks
             states = [read_image_state(self.session, d) for d in disks]
             for s in states:
                 for w in s.watchers:
                     if w.addr.ip not in self.watch_only_ips:
                         seen.setdefault(str(w.addr), f"watcher of {s.disk.spec} seen while waiting")
-            if any(s.foreign_lock for s in states) or not self._blockers(states):
-                return states, seen
-            if time.monotonic() + self.poll_interval > limit:
-                return states, seen
-            if not announced:
+            looks += 1
+            if looks == 2:       # a second look means we are waiting: say so, once
                 self.log("RBD disk(s) watched, waiting up to %.0fs for the watch to expire: %s"
-                         % (limit - time.monotonic(), self._blockers(states)))
-                announced = True
-            time.sleep(self.poll_interval)
+                         % (wait, self._blockers(states)))
+            return states
+
+        states = self._poll(wait, look, lambda states: any(s.foreign_lock for s in states)
+                            or not self._blockers(states))
+        return states, seen
+
+    def _poll(self, seconds: float, look: Callable[[], T], done: Callable[[T], bool]) -> T:
+        """look() every poll_interval until done(result) or `seconds` have passed; the last
+        result."""
+        end = self.clock() + seconds
+        while True:
+            result = look()
+            if done(result) or self.clock() + self.poll_interval > end:
+                return result
+            self.sleep(self.poll_interval)
 
     def _blockers(self, states: list[ImageState], allowed_ips: frozenset[str] = frozenset()) -> str:
         problems = []
@@ -565,12 +578,8 @@ class RbdGuard:
         guarded = [d for d in disks if d.guarded]
         if self.policy is Policy.OFF or not guarded:
             return RunningCheck()
-        end = time.monotonic() + confirm_seconds
-        while True:
-            check, repairs = self._running_findings(guarded)
-            if check.ok or time.monotonic() + self.poll_interval > end:
-                break
-            time.sleep(self.poll_interval)
+        check, repairs = self._poll(confirm_seconds, lambda: self._running_findings(guarded),
+                                    lambda found: found[0].ok)
         if check.ok:
             for disk, record, new in repairs:
                 try:
@@ -615,13 +624,10 @@ class RbdGuard:
         guarded = [d for d in disks if d.guarded]
         if self.policy is Policy.OFF or not guarded:
             return GuardResult(True, "not checked")
-        limit = time.monotonic() + min(2.0, max(0.0, deadline.remaining() - self.reserve))
-        while True:
-            states = [read_image_state(self.session, d) for d in guarded]
-            ours = {w.addr for s in states for w in s.watchers if w.addr.ip in self.own_ips}
-            if not ours or time.monotonic() + self.poll_interval > limit:
-                break
-            time.sleep(self.poll_interval)
+        states = self._poll(min(2.0, max(0.0, deadline.remaining() - self.reserve)),
+                            lambda: [read_image_state(self.session, d) for d in guarded],
+                            lambda states: not any(self._own_watchers(s) for s in states))
+        ours = {w.addr for s in states for w in s.watchers if w.addr.ip in self.own_ips}
         if ours and self.policy is not Policy.RECOVER:
             # A killed QEMU's watch lingers for the watch timeout: normal after a destroy, and
             # without `recover` we do not fence: the record keeps naming them for the next start.

@@ -40,6 +40,11 @@ class VirtualDomain(Agent):
     def state(self) -> StateFile:
         return StateFile(self.env.rsc_tmp, "VirtualDomain", self.env.resource)
 
+    @functools.cached_property
+    def rbd(self) -> rbdsafety.RbdContext:
+        node = self.env.meta("on_node") or os.uname().nodename
+        return rbdsafety.RbdContext(self.params, node, self.deadline, self.log, self.state)
+
     def identity(self, strict: bool) -> Identity | None:
         return config.resolve(self.params["config"], self.params["domain"], self.state, self.deadline, strict)
 
@@ -175,7 +180,7 @@ class VirtualDomain(Agent):
                 return rc
             if ident.rbd and not self.is_probe and self.action == "monitor":
                 # At every level: a second writer must be caught by the default monitor.
-                rbdsafety.check_running(self, rbdsafety.guarded_disks(self, self.live_xml(hv, dom)))
+                rbdsafety.check_running(self.rbd, rbdsafety.guarded_disks(self.rbd, self.live_xml(hv, dom)))
             if level >= 10 and not self.is_probe:
                 self._deep_checks(hv, dom, ident, level)
             if with_utilization:
@@ -244,7 +249,7 @@ class VirtualDomain(Agent):
                 self._create(hv, ident, path, text)
                 return self._wait_running(hv, ident)
 
-            dom = rbdsafety.start_exclusively(self, rbdsafety.guarded_disks(self, text), create_and_wait)
+            dom = rbdsafety.start_exclusively(self.rbd, rbdsafety.guarded_disks(self.rbd, text), create_and_wait)
             if self.params["monitor_scripts"]:
                 self._wait_scripts(ident)
             self.update_utilization(hv, dom, force=True)
@@ -340,11 +345,11 @@ class VirtualDomain(Agent):
         dom, state, _reason = self.domain_state(hv, name)
         if dom is None or state == libvirt.VIR_DOMAIN_SHUTOFF:
             # A start that failed half way may have left this node in the disks' owner records.
-            rbdsafety.after_stop(self, rbdsafety.recorded_disks(self) if ident.rbd else [])
+            rbdsafety.after_stop(self.rbd, rbdsafety.recorded_disks(self.rbd) if ident.rbd else [])
             return
-        disks = rbdsafety.guarded_disks(self, self.live_xml(hv, dom)) if ident.rbd else []
+        disks = rbdsafety.guarded_disks(self.rbd, self.live_xml(hv, dom)) if ident.rbd else []
         self._stop_domain(hv, dom, name)
-        rbdsafety.after_stop(self, disks)
+        rbdsafety.after_stop(self.rbd, disks)
 
     def _stop_domain(self, hv: Hypervisor, dom: libvirt.virDomain, name: str) -> None:
         from . import persist, stop
@@ -390,8 +395,8 @@ class VirtualDomain(Agent):
             dom, state, _reason = self.domain_state(hv, ident.name)
             if dom is None or state == libvirt.VIR_DOMAIN_SHUTOFF:
                 raise OcfError(Rc.ERR_GENERIC, f"{ident.name} is not active locally; cannot migrate it")
-            disks = rbdsafety.guarded_disks(self, self.live_xml(hv, dom)) if ident.rbd else []
-            rbdsafety.check_running(self, disks)
+            disks = rbdsafety.guarded_disks(self.rbd, self.live_xml(hv, dom)) if ident.rbd else []
+            rbdsafety.check_running(self.rbd, disks)
             local_uri = hv.uri
             remote = migration.remote_uri(self.params, local_uri, target)
             data = migration.data_uri(self.params, options, target, local_uri)
@@ -400,7 +405,7 @@ class VirtualDomain(Agent):
                                     self.deadline, self.log)
             if self.params["start_resources"]:
                 self._start_remote_resources(remote)
-            rbdsafety.migrating(self, disks, target, lambda: migration.run(
+            rbdsafety.migrating(self.rbd, disks, target, lambda: migration.run(
                 hv, dom, ident.name, target, remote, data, options, self.params, self.deadline, self.log))
             return Rc.SUCCESS
         except LibvirtUnavailable as err:
@@ -441,7 +446,7 @@ class VirtualDomain(Agent):
                     raise OcfError(Rc.ERR_GENERIC, f"{ident.name} did not arrive running here "
                                                    f"(state {state}, reason {reason})")
             if ident.rbd:
-                rbdsafety.check_arrival(self, rbdsafety.guarded_disks(self, self.live_xml(hv, dom)),
+                rbdsafety.check_arrival(self.rbd, rbdsafety.guarded_disks(self.rbd, self.live_xml(hv, dom)),
                                         self.env.meta("migrate_source") or "")
             self.update_utilization(hv, dom, force=True)
             self.log.info(f"domain {ident.name} runs here after migration from "

@@ -11,7 +11,7 @@ import re
 from .. import __version__
 from ..metadata import Action, AgentInfo
 from ..params import Parameter
-from ..rbd.agent_params import RBD_PARAMETERS
+from .rbdparams import RBD_PARAMETERS
 from . import utilization
 
 SHUTDOWN_MODES = ("acpi", "agent", "initctl", "signal", "paravirt")

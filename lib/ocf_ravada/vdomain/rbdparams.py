@@ -1,4 +1,5 @@
-"""The VM agent's Ceph parameters and how they become a guard (see doc/rbd.md).
+"""The VM agent's Ceph parameters, how they become a guard, and how the guard's errors become
+OCF exit codes (see doc/rbd.md): the Ceph package (ocf_ravada.rbd) knows nothing of OCF.
 
 The agent appends RBD_PARAMETERS to its own parameter list and calls open_guard() only when the
 domain has guarded RBD disks, so VMs without Ceph never touch a Ceph client.
@@ -6,11 +7,11 @@ domain has guarded RBD disks, so VMs without Ceph never touch a Ceph client.
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from ..ocf import Rc
 from ..params import Parameter
-from .errors import BadDiskSpec, CephConfigMissing, RbdError
+from ..rbd.errors import BadDiskSpec, CephConfigMissing, RbdError
 
 # The values of guard.Policy, spelled out so that declaring the parameters (every agent run)
 # does not load librados; a unit test keeps the two in step.
@@ -47,8 +48,9 @@ RBD_PARAMETERS: tuple[Parameter, ...] = (
       "(/etc/ceph/ceph.client.<id>.keyring).", check=_absolute_path),
     P("rbd_lock_policy", "RBD lock safety",
       "off: do not look at Ceph. check: refuse to start while any other client has one of "
-      "the domain's RBD images open. recover: also clear stale locks of dead owners, after "
-      "blocklisting exactly that owner (default).",
+      "the domain's RBD images open, or may still write it unfenced. recover: also cut off "
+      "(blocklist) exactly the clients that may still write -- the recorded owner, stale lock "
+      "owners -- and clear their stale locks (default).",
       type="select", options=POLICIES, default="recover"),
     P("rbd_watch_only_ips", "Hosts that only watch RBD images",
       "Space or comma separated IPs of hosts whose Ceph clients only watch images "
@@ -57,21 +59,33 @@ RBD_PARAMETERS: tuple[Parameter, ...] = (
 )
 
 
-def open_guard(values: Mapping[str, Any], local_node: str, deadline, log=None):
+def open_guard(values: Mapping[str, Any], local_node: str, deadline,
+               log: Callable[[str], None] | None = None, warn: Callable[[str], None] | None = None):
     """A connected guard (RbdGuard) for the agent's parameter values, or None with
     rbd_lock_policy=off. The connection is bounded by min(10 s, a third of what the deadline
-    has left); `log` receives the guard's notable steps (its waits)."""
-    from .guard import Policy, RbdGuard
-    from .nodes import NodeMap
+    has left); `log` receives the guard's notable steps (its waits), `warn` a keyring that
+    others can read."""
+    from ..rbd.guard import Policy, RbdGuard
+    from ..rbd.nodes import NodeMap
 
     policy = Policy.parse(values["rbd_lock_policy"])
     if policy is Policy.OFF:
         return None
+    keyring = values["ceph_keyring"] or None
+    if keyring and warn and _readable_by_others(keyring):
+        warn(f"keyring {keyring} is readable by other users than its owner: chmod 0600 it")
     timeout = max(1.0, min(CONNECT_TIMEOUT, deadline.remaining() / 3))
-    return RbdGuard.open(values["ceph_conf"], values["ceph_id"], values["ceph_keyring"] or None,
+    return RbdGuard.open(values["ceph_conf"], values["ceph_id"], keyring,
                          timeout=timeout, policy=policy, node_map=NodeMap.from_cib(timeout=timeout),
                          local_node=local_node, log=log,
                          watch_only_ips=(values["rbd_watch_only_ips"] or "").replace(",", " ").split())
+
+
+def _readable_by_others(path: str) -> bool:
+    try:
+        return bool(os.stat(path).st_mode & 0o077)
+    except OSError:
+        return False          # missing: CephSession says so
 
 
 def exit_code(exc: RbdError) -> Rc:
