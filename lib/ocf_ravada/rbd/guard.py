@@ -265,17 +265,18 @@ class RbdGuard:
         exact = {str(ClientAddr.parse(e.addr)) for e in listed}
         unfenced = {a: why for a, why in suspects.items() if a not in exact}
         node_fenced = {a for a in unfenced if self.session.is_blocklisted(a, listed)}
+        lock_owners = {str(h.addr) for s in states for h in s.holders}
         actions: list[str] = []
         notes: list[str] = []
         if self.policy is Policy.CHECK:
             # librbd fences a stale lock owner itself before it takes the lock over (needs mon
             # 'profile rbd'); a client without a lock nobody would fence: refuse.
             lockless = {a: why for a, why in unfenced.items()
-                        if not why.startswith("stale lock") and a not in node_fenced}
+                        if a not in lock_owners and a not in node_fenced}
             if lockless:
                 return GuardResult(False, "refusing to start (rbd_lock_policy=check does not fence): "
                                    + self._listing(lockless) + " may still be alive", states=states)
-            stale = {a: why for a, why in suspects.items() if why.startswith("stale lock")}
+            stale = {a: why for a, why in suspects.items() if a in lock_owners}
             if stale:
                 notes.append("stale RBD lock(s) left for QEMU's librbd: " + self._listing(stale))
         elif unfenced:
