@@ -10,6 +10,7 @@ import argparse
 import sys
 from typing import Callable, Iterable, NamedTuple, TextIO
 
+from .deadline import parse_seconds
 from .metadata import serialize
 
 ACTIONS = ("on", "off", "reboot", "status", "list", "monitor", "metadata", "validate-all")
@@ -116,6 +117,14 @@ def action_of(agent: FenceAgent, options: dict[str, str], err: TextIO = sys.stde
     return action
 
 
+def seconds(agent: FenceAgent, options: dict[str, str], name: str, maximum: float) -> float:
+    """Option `name` as a finite number of seconds in (0, maximum]; inf/nan are refused."""
+    try:
+        return parse_seconds(option(agent, options, name) or "", name, maximum)
+    except ValueError as err:
+        raise FenceError(str(err)) from None
+
+
 def target_of(options: dict[str, str], action: str) -> str:
     node = options.get("plug") or options.get("port")
     if not node:
@@ -134,6 +143,9 @@ def main(agent: FenceAgent, run: Callable[[str, dict[str, str]], int],
             sys.stdout.buffer.write(metadata(agent))
             return EXIT_OK
         return run(action, options)
+    except UnicodeDecodeError as exc:
+        print(f"{agent.name}: options are not UTF-8 text ({exc.reason})", file=sys.stderr)
+        return EXIT_FAIL
     except (FenceError, *errors) as exc:
         print(f"{agent.name}: {getattr(exc, 'reason', None) or exc}", file=sys.stderr)
         return EXIT_FAIL

@@ -44,3 +44,12 @@ def test_metadata_has_the_fence_agent_shape():
     assert root.find("parameters/parameter[@name='port']").get("deprecated") == "1"
     assert root.find("actions/action[@name='on']").get("automatic") == "0"
     assert {a.get("name") for a in root.iterfind("actions/action")} == set(fenceagent.ACTIONS)
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-3", "0", "many", "1e999"])
+def test_timeouts_are_finite_positive_seconds(value):
+    timed = FenceAgent("fence_t", "T", "T.", (Option("wait", "Wait", "5"),), default_action="off",
+                       plug_desc="Node", automatic_on=False)
+    assert fenceagent.seconds(timed, {}, "wait", 60) == 5.0
+    with pytest.raises(FenceError, match="wait must be a number of seconds"):
+        fenceagent.seconds(timed, {"wait": value}, "wait", 60)

@@ -188,3 +188,72 @@ def test_parallel_starts_install_the_drop_in_without_errors(tmp_path):
     assert drop_in.read_text().startswith(hostorder.CONTENT)
     assert stat.S_IMODE(drop_in.stat().st_mode) == 0o644
     assert [p.name for p in drop_in.parent.iterdir()] == [drop_in.name]
+
+
+# -- Pacemaker reached through one module: hung or failing tools never escape ------------------
+
+def _hung_tools(tmp_path, *names):
+    bindir = tmp_path / "bin"
+    bindir.mkdir(exist_ok=True)
+    for name in names:
+        tool = bindir / name
+        tool.write_text("#!/bin/sh\nexec sleep 60\n")
+        tool.chmod(0o755)
+    return f"{bindir}:/usr/bin:/bin"
+
+
+def test_node_map_from_a_hung_cibadmin_is_empty_and_in_time(tmp_path, monkeypatch):
+    from ocf_ravada.rbd.nodes import NodeMap, pacemaker_fenced
+
+    monkeypatch.setenv("PATH", _hung_tools(tmp_path, "cibadmin", "stonith_admin", "crm_mon"))
+    started = time.monotonic()
+    warnings = []
+    assert NodeMap.from_cib(timeout=1.0, warn=warnings.append).ips_by_node == {}
+    assert len(warnings) == 1 and "did not answer" in warnings[0]
+    assert pacemaker_fenced("node2", timeout=1.0) is None
+    assert time.monotonic() - started < 5
+
+
+def test_node_map_uses_pacemakers_precedence_transient_wins():
+    from ocf_ravada.rbd.nodes import NodeMap
+
+    cib = """<cib><configuration><nodes>
+      <node id="1" uname="node1"><instance_attributes id="n1">
+        <nvpair id="n1-a" name="ravada-ceph-addrs" value="10.0.0.11"/></instance_attributes></node>
+    </nodes></configuration><status>
+      <node_state id="1" uname="node1"><transient_attributes id="1"><instance_attributes id="s1">
+        <nvpair id="s1-a" name="ravada-ceph-addrs" value="10.0.9.11"/></instance_attributes>
+      </transient_attributes></node_state></status></cib>"""
+    assert NodeMap.from_cib_xml(cib).ips_of("node1") == ("10.0.9.11",)
+
+
+def test_node_map_refuses_a_cib_with_entities():
+    from ocf_ravada.rbd.errors import RbdError
+    from ocf_ravada.rbd.nodes import NodeMap
+
+    with pytest.raises(RbdError, match="DOCTYPE"):
+        NodeMap.from_cib_xml('<!DOCTYPE cib [<!ENTITY ip "10.0.0.1">]><cib><configuration><nodes>'
+                             '<node id="1" uname="n"><instance_attributes id="a"><nvpair id="b" '
+                             'name="ravada-ceph-addrs" value="&ip;"/></instance_attributes></node>'
+                             '</nodes></configuration></cib>')
+
+
+def test_nodeinfo_monitor_with_a_hung_cib_warns_and_succeeds_in_time(tmp_path):
+    bindir_path = _hung_tools(tmp_path, "crm_attribute")
+    env = {"PATH": bindir_path, "OCF_RESOURCE_INSTANCE": "ni", "HA_RSCTMP": str(tmp_path / "rsc"),
+           "OCF_RESKEY_hypervisor": "test:///default", "OCF_RESKEY_storage_paths": str(tmp_path),
+           "OCF_RESKEY_crm_feature_set": "3.16.1", "OCF_RESKEY_CRM_meta_timeout": "4000"}
+    agent = os.path.join(REPO, "agents", "nodeinfo")
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, agent, "start"], env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert "not published" in done.stderr and "did not answer" in done.stderr
+    assert time.monotonic() - started < 8
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-1"])
+def test_ravada_rbd_refuses_inf_and_nan_timeouts(value):
+    done = subprocess.run([sys.executable, os.path.join(REPO, "tools", "ravada-rbd"), "--timeout", value,
+                           "whoami"], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr and "must be a number of seconds" in done.stderr

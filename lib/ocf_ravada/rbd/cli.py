@@ -17,6 +17,7 @@ import json
 import subprocess
 import sys
 
+from ..deadline import parse_seconds
 from .addresses import ClientAddr
 from .cluster import CephSession
 from .disks import RbdDisk
@@ -30,13 +31,21 @@ from .owner import OwnerRecord
 PROG = "ravada-rbd"
 
 
+def _timeout(text: str) -> float:
+    """--timeout: finite seconds (inf and nan would wait forever or crash librados)."""
+    try:
+        return parse_seconds(text, "--timeout", 3600)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("--conf", default="/etc/ceph/ceph.conf", help="Ceph configuration file")
     parser.add_argument("--id", dest="ceph_id", default="admin", help="cephx user without 'client.'")
     parser.add_argument("--keyring", help="keyring of --id (default: from the Ceph config)")
     parser.add_argument("--node-addrs", help="node:IP[,IP];node:IP (default: CIB attribute ravada-ceph-addrs)")
-    parser.add_argument("--timeout", type=float, default=20.0, help="give up when Ceph does not answer (s)")
+    parser.add_argument("--timeout", type=_timeout, default=20.0, help="give up when Ceph does not answer (s)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     sub = parser.add_subparsers(dest="command", required=True)
     status = sub.add_parser("status", help="watchers, lock owner and fences of an image")

@@ -15,7 +15,6 @@ import ipaddress
 
 from .. import fenceagent
 from ..fenceagent import EXIT_OFF, EXIT_OK, Option
-from ..deadline import parse_seconds
 from .cluster import LONG_BLOCKLIST_SECONDS, CephSession
 from .errors import RbdError
 from .fencing import fence_ips, fenced_ips, unfence_ips
@@ -52,11 +51,7 @@ MAXIMUM_SECONDS = {"blocklist_expire": 10 * 365 * 86400.0, "ceph_timeout": 3600.
 
 
 def _number(options: dict[str, str], name: str) -> float:
-    """A finite, positive number of seconds (inf and nan refused)."""
-    try:
-        return parse_seconds(fenceagent.option(AGENT, options, name), name, MAXIMUM_SECONDS[name])
-    except ValueError as err:
-        raise RbdError(str(err)) from None
+    return fenceagent.seconds(AGENT, options, name, MAXIMUM_SECONDS[name])
 
 
 def target_ips(plug: str, node_map: NodeMap) -> tuple[str, ...]:

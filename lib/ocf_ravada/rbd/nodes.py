@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
+from typing import Callable
 from datetime import datetime
 
 from lxml import etree
@@ -72,13 +73,15 @@ class NodeMap:
                     for node, value in pacemaker.node_attributes(root, ATTRIBUTE).items()})
 
     @classmethod
-    def from_cib(cls, timeout: float = 10.0) -> "NodeMap":
+    def from_cib(cls, timeout: float = 10.0, warn: Callable[[str], None] | None = None) -> "NodeMap":
         """Read the live CIB (or the file named by $CIB_file), within `timeout` seconds.  An
-        empty map when Pacemaker is absent, does not answer in time or fails: addresses are
-        then reported without node names."""
+        empty map when Pacemaker is absent, does not answer in time or fails (told to `warn`
+        when given): addresses are then reported without node names."""
         try:
             return cls.from_cib_xml(pacemaker.query_cib(Deadline(timeout)))
-        except pacemaker.PacemakerError:
+        except pacemaker.PacemakerError as err:
+            if warn is not None:
+                warn(f"node names of Ceph clients unknown: {err.reason}")
             return cls()
 
 

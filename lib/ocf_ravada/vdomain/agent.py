@@ -175,6 +175,10 @@ class VirtualDomain(Agent):
                 reason = hv.call("reading the pause reason", dom.state)[1] if state == libvirt.VIR_DOMAIN_PAUSED else 0
             except DomainGone:
                 return Rc.NOT_RUNNING
+            except LibvirtBusy as err:
+                # libvirt cannot tell right now (a long job holds the domain): QEMU's process
+                # can, and a healthy VM must not be restarted for libvirt being busy.
+                return self._check_without_libvirt(ident, err)
             rc = self.running_rc(ident.name, state, reason)
             if rc != Rc.SUCCESS:
                 return rc
@@ -200,7 +204,7 @@ class VirtualDomain(Agent):
             checks.run_scripts(self.params["monitor_scripts"], ident.name,
                                self.params["monitor_scripts_timeout"], self.deadline)
 
-    def _check_without_libvirt(self, ident: Identity, err: LibvirtUnavailable) -> int:
+    def _check_without_libvirt(self, ident: Identity, err: VirtError) -> int:
         from ..virt import qemuproc  # psutil: only when libvirt is not there
 
         procs = qemuproc.find(ident.name, ident.uuid)
