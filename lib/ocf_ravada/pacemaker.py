@@ -17,7 +17,10 @@ API (all take `deadline: Deadline` and optional `limit` seconds):
     query_cib(deadline) -> etree root                          cibadmin --query
     cluster_status(deadline, cib_file=None) -> etree root      crm_mon --output-as=xml
     fencing_history(node, deadline) -> etree root              stonith_admin --history
+    local_node(deadline) -> str                                crm_node -n
     verify(cib_file, deadline) -> (valid, messages)            crm_verify
+    verify_cib(root, deadline) -> (valid, messages)            crm_verify of a parsed CIB
+    apply_change(old, new, deadline)                           old -> new as one cibadmin --patch
     set_node_attribute / set_node_utilization / set_utilization / delete_utilization
     node_attribute(cib, node, name) / node_attributes(cib, name)   read a parsed CIB
     node_online(status, node)                                  from crm_mon's XML
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 from typing import Mapping
 
 from lxml import etree
@@ -118,6 +122,14 @@ def fencing_history(node: str, deadline: Deadline, limit: float = DEFAULT_LIMIT)
     return run_xml(["stonith_admin", "--history", node, "--output-as=xml"], deadline, limit=limit)
 
 
+def local_node(deadline: Deadline, limit: float = DEFAULT_LIMIT) -> str:
+    """This node's name in the cluster (crm_node -n); BadOutput when it prints none."""
+    name = run(["crm_node", "-n"], deadline, limit=limit).strip()
+    if not name or len(name.split()) != 1:
+        raise BadOutput(f"crm_node -n printed no node name ({name[:60]!r})")
+    return name
+
+
 def verify(cib_file: str, deadline: Deadline, limit: float = DEFAULT_LIMIT) -> tuple[bool, str]:
     """crm_verify on a saved CIB: (valid, messages). Only a missing/hung tool raises."""
     try:
@@ -125,6 +137,44 @@ def verify(cib_file: str, deadline: Deadline, limit: float = DEFAULT_LIMIT) -> t
     except ToolFailed as err:
         return False, err.stderr
     return True, out.strip()
+
+
+def verify_cib(root: etree._Element, deadline: Deadline,
+               limit: float = DEFAULT_LIMIT) -> tuple[bool, str]:
+    """verify() of a parsed CIB (written to a private temporary file)."""
+    with tempfile.TemporaryDirectory(prefix="ravada-verify-") as tmp:
+        path = os.path.join(tmp, "cib.xml")
+        with open(path, "wb") as handle:
+            handle.write(etree.tostring(root))
+        return verify(path, deadline, limit)
+
+
+def apply_change(old: etree._Element, new: etree._Element, deadline: Deadline,
+                 limit: float = DEFAULT_LIMIT) -> bool:
+    """Apply the difference old -> new to the CIB (live, or $CIB_file) as one patch: crm_diff
+    computes it, cibadmin --patch applies it atomically.  Changes others made since `old`
+    was read are kept; if they touched the same elements the whole patch is refused.
+    False when there was nothing to change."""
+    with tempfile.TemporaryDirectory(prefix="ravada-patch-") as tmp:
+        paths = {name: os.path.join(tmp, f"{name}.xml") for name in ("old", "new", "patch")}
+        for name, root in (("old", old), ("new", new)):
+            with open(paths[name], "wb") as handle:
+                handle.write(etree.tostring(root))
+        # crm_diff exits 1 when the files differ, the case we want.
+        patch = run(["crm_diff", "--no-version", "--original", paths["old"], "--new", paths["new"]],
+                    deadline, ok_codes=(0, 1), limit=limit)
+        if not patch.strip():
+            return False
+        try:
+            diff = safexml.parse(patch, "output of crm_diff")
+        except safexml.UnsafeXml as err:
+            raise BadOutput(str(err)) from None
+        # The digest pins the whole CIB, status included, which changes every few seconds.
+        diff.attrib.pop("digest", None)
+        with open(paths["patch"], "wb") as handle:
+            handle.write(etree.tostring(diff))
+        run(["cibadmin", "--patch", "--xml-file", paths["patch"]], deadline, limit=limit)
+    return True
 
 
 def set_node_attribute(name: str, value: str, deadline: Deadline, node: str | None = None,
@@ -195,3 +245,13 @@ def node_online(status: etree._Element, node: str) -> bool | None:
         if entry.get("name") == node:
             return entry.get("online") == "true"
     return None
+
+
+def resource_nodes(status: etree._Element, resource: str) -> list[str]:
+    """The nodes where `resource` (a primitive, or every instance of a clone) is active, from
+    crm_mon's XML (cluster_status); empty when it runs nowhere."""
+    nodes = []
+    for entry in status.iterfind(".//resources//resource"):
+        if entry.get("id") == resource and entry.get("active") == "true":
+            nodes += [n.get("name") for n in entry.iterfind("node") if n.get("name")]
+    return nodes
