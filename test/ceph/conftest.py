@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))          # microceph, qemu_io (lib/ comes from test/conftest.py)
+sys.path.insert(0, str(HERE))          # node_agent, qemu_io (lib/ and lab/ come from test/conftest.py)
 
-from microceph import MicroCeph  # noqa: E402
+from ravada_lab.microceph import MicroCeph  # noqa: E402
 from node_agent import NodeAgent  # noqa: E402
 from qemu_io import QemuIO  # noqa: E402
 from ocf_ravada.rbd import CephSession  # noqa: E402

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from microceph import NODE_USER, MicroCeph
+from ravada_lab.microceph import NODE_USER, MicroCeph
 from ocf_ravada.rbd import CephSession, RbdDisk
 from ocf_ravada.rbd import owner
 

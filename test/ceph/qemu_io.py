@@ -7,7 +7,7 @@ import signal
 import subprocess
 import time
 
-from microceph import MicroCeph, Node
+from ravada_lab.microceph import MicroCeph, Node
 
 
 class QemuIO:

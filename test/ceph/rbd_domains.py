@@ -1,4 +1,4 @@
-"""libvirt domains whose disk is an RBD image, authenticated with a libvirt ceph secret."""
+"""The libvirt ceph secret of RBD disks (the disk itself: ravada_lab.microceph.rbd_disk_xml)."""
 from __future__ import annotations
 
 import base64
@@ -7,7 +7,7 @@ import uuid
 
 from lxml import etree
 
-from microceph import NODE_USER
+from ravada_lab.microceph import NODE_USER
 
 
 def ceph_secret(conn, ceph) -> str:
@@ -21,15 +21,3 @@ def ceph_secret(conn, ceph) -> str:
     handle = conn.secretDefineXML(etree.tostring(secret).decode())
     handle.setValue(base64.b64decode(keyring[f"client.{NODE_USER}"]["key"]))
     return secret_uuid
-
-
-def rbd_disk_xml(ceph, spec: str, secret_uuid: str) -> str:
-    disk = etree.Element("disk", type="network", device="disk")
-    etree.SubElement(disk, "driver", name="qemu", type="raw", cache="none")
-    source = etree.SubElement(disk, "source", protocol="rbd", name=spec)
-    etree.SubElement(source, "host", name=ceph.mon_ip, port="6789")
-    etree.SubElement(source, "config", file=str(ceph.conf))
-    auth = etree.SubElement(disk, "auth", username=NODE_USER)
-    etree.SubElement(auth, "secret", type="ceph", uuid=secret_uuid)
-    etree.SubElement(disk, "target", dev="vda", bus="virtio")
-    return etree.tostring(disk).decode()

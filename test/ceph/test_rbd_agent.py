@@ -10,9 +10,9 @@ import uuid
 import libvirt
 import pytest
 
-from microceph import NODE_USER, ROOT_NODE
+from ravada_lab.microceph import NODE_USER, ROOT_NODE, rbd_disk_xml
 from node_agent import record_of
-from rbd_domains import ceph_secret, rbd_disk_xml
+from rbd_domains import ceph_secret
 from support.libvirt_node import domain_xml
 
 pytestmark = [pytest.mark.ceph, pytest.mark.libvirt]

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from microceph import NODE_USER, ROOT_NODE
-from rbd_domains import ceph_secret, rbd_disk_xml
+from ravada_lab.microceph import NODE_USER, ROOT_NODE, rbd_disk_xml
+from rbd_domains import ceph_secret
 from ocf_ravada.deadline import Deadline
 from ocf_ravada.rbd import NodeMap, Policy, RbdGuard, disks_from_domain_xml
 from support.libvirt_node import domain_xml

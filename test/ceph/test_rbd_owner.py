@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from microceph import ROOT_NODE
+from ravada_lab.microceph import ROOT_NODE
 from node_agent import NodeAgent, record_of
 from ocf_ravada.deadline import Deadline
 from ocf_ravada.rbd import NodeMap, Policy, RbdDisk, RbdGuard

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
-from microceph import ROOT_NODE
+from ravada_lab.microceph import ROOT_NODE
 from node_agent import record_of
 from ocf_ravada.rbd import NodeMap
 

@@ -1,4 +1,5 @@
-"""A throw-away Ceph cluster for tests and benchmarks: 1 mon + 1 memstore OSD, cephx on, no mgr.
+"""A throw-away Ceph cluster for the lab, tests and benchmarks: 1 mon + 1 memstore OSD, cephx
+on, no mgr.
 
 The cluster listens on a private bridge; each simulated hypervisor ("node") is a network
 namespace with its own address on that bridge, so Ceph sees a different client IP per node
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import rados
 import rbd
+from lxml import etree
 
 POOL = "vmpool"
 NODE_USER = "node"          # 'profile rbd' on mon and pool: may blocklist, like client.libvirt
@@ -247,7 +249,10 @@ keyring = {d}/keyring
 
     def make_user(self, user: str, caps: list[str]) -> Path:
         out = self.mon_command(prefix="auth get-or-create", entity=f"client.{user}", caps=caps)
-        self.keyring(user).write_bytes(out)
+        # 0600 from the start: the agent warns about a keyring others can read.
+        fd = os.open(self.keyring(user), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as keyring:
+            keyring.write(out)
         return self.keyring(user)
 
     def create_image(self, name: str, size: int = 64 << 20) -> str:
@@ -276,6 +281,18 @@ keyring = {d}/keyring
     def read(self, name: str, offset: int, length: int) -> bytes:
         with self.admin.open_ioctx(POOL) as io, rbd.Image(io, name, read_only=True) as img:
             return img.read(offset, length)
+
+
+def rbd_disk_xml(ceph, spec: str, secret_uuid: str) -> str:
+    disk = etree.Element("disk", type="network", device="disk")
+    etree.SubElement(disk, "driver", name="qemu", type="raw", cache="none")
+    source = etree.SubElement(disk, "source", protocol="rbd", name=spec)
+    etree.SubElement(source, "host", name=ceph.mon_ip, port="6789")
+    etree.SubElement(source, "config", file=str(ceph.conf))
+    auth = etree.SubElement(disk, "auth", username=NODE_USER)
+    etree.SubElement(auth, "secret", type="ceph", uuid=secret_uuid)
+    etree.SubElement(disk, "target", dev="vda", bus="virtio")
+    return etree.tostring(disk).decode()
 
 
 def _state_of(img: rbd.Image) -> dict:
