@@ -7,9 +7,14 @@ OCF_ROOT  ?= /usr/lib/ocf
 PYLIBDIR  ?= /usr/lib/python3/dist-packages
 SBINDIR   ?= $(PREFIX)/sbin
 MANDIR    ?= $(PREFIX)/share/man
+# Where Pacemaker's packages put alert agents; the CIB templates for ravada-cib.
+ALERTDIR  ?= $(PREFIX)/share/pacemaker/alerts
+TEMPLATEDIR ?= $(PREFIX)/share/ocf-ravada/cib-templates
 VERSION   := $(shell sed -n 's/^version *= *//p' setup.cfg)
 
 AGENTS    := $(wildcard agents/*)
+ALERTS    := $(wildcard alerts/*)
+TEMPLATES := $(wildcard cib-templates/*.xml)
 COMMANDS  := $(wildcard tools/ravada-* tools/fence_*)
 PYPACKAGES:= lib/ocf_ravada $(wildcard placement/ravada_placement)
 # Installs a Python package directory under $(PYLIBDIR) (and prunes what an older one left).
@@ -32,12 +37,20 @@ install: man
 	    chmod 0755 $(DESTDIR)$(OCF_ROOT)/resource.d/ravada/$$(basename $$a); \
 	done
 	for c in $(COMMANDS); do install -m 0755 $$c $(DESTDIR)$(SBINDIR)/; done
+	install -d $(DESTDIR)$(ALERTDIR) $(DESTDIR)$(TEMPLATEDIR)
+	for a in $(ALERTS); do \
+	    sed -e 's|^LIBRARY_DIR = .*|LIBRARY_DIR = "$(PYLIBDIR)"|' $$a > $(DESTDIR)$(ALERTDIR)/$$(basename $$a); \
+	    chmod 0755 $(DESTDIR)$(ALERTDIR)/$$(basename $$a); \
+	done
+	install -m 0644 $(TEMPLATES) $(DESTDIR)$(TEMPLATEDIR)/
 	$(foreach p,$(PYPACKAGES),$(call install_pypackage,$(p));)
 
 uninstall:
 	rm -f $(MAN_PAGES:$(MANBUILD)/%=$(DESTDIR)$(MANDIR)/%)
 	for a in $(AGENTS); do rm -f $(DESTDIR)$(OCF_ROOT)/resource.d/ravada/$$(basename $$a); done
 	for c in $(COMMANDS); do rm -f $(DESTDIR)$(SBINDIR)/$$(basename $$c); done
+	for a in $(ALERTS); do rm -f $(DESTDIR)$(ALERTDIR)/$$(basename $$a); done
+	rm -rf $(DESTDIR)$(TEMPLATEDIR)
 	for p in $(PYPACKAGES); do rm -rf $(DESTDIR)$(PYLIBDIR)/$$(basename $$p); done
 
 # The README's test command: installs what is missing (the lab's nodes run the installed
