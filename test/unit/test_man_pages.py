@@ -25,6 +25,8 @@ COMMAND_PAGES = {"man8/ravada-place.8": ("tools/ravada-place",
                                          ["place", "drain", "rebalance", "clear"]),
                  "man8/ravada-rbd.8": ("tools/ravada-rbd",
                                        ["status", "release", "whoami", "publish"]),
+                 "man8/ravada-snapshot.8": ("tools/ravada-snapshot",
+                                            ["create", "list", "delete", "thaw"]),
                  "man8/ravada-lab.8": ("lab/ravada-lab",
                                        ["up", "down", "status", "exec", "kill", "on", "freeze",
                                         "thaw", "cut", "heal"])}
