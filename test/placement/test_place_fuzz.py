@@ -93,7 +93,8 @@ def cib_cases(rng: random.Random, domain_paths: list[str]) -> list[bytes]:
         mutated(add("configuration/resources", '<group><primitive class="ocf" provider="pacemaker" '
                     'type="Dummy"/></group>')),
         mutated(add("configuration/resources", '<group id="g"/>')),
-        mutated(add("configuration/constraints", '<rsc_location id="p" rsc-pattern="([" node="n1" score="-INFINITY"/>')),
+        mutated(add("configuration/constraints",
+                    '<rsc_location id="p" rsc-pattern="([" node="n1" score="-INFINITY"/>')),
         mutated(add("configuration/constraints", '<rsc_location id="p"><rule id="r" score="-INFINITY">'
                     + '<rule id="rr" score="0">' * 50 + '</rule>' * 50 + '</rule></rsc_location>')),
         mutated(add("configuration/constraints", '<rsc_colocation id="c" rsc="v1" score="INFINITY"/>')),
