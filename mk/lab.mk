@@ -30,9 +30,11 @@ uninstall-lab:
 	rm -rf $(DESTDIR)$(PYLIBDIR)/ravada_lab
 	rm -f $(LAB_MAN_PAGES:$(MANBUILD)/%=$(DESTDIR)$(MANDIR)/%)
 
-# Installs what is missing, installs the tree, starts a lab and puts three 64 MiB VMs on it.
+# Installs what is missing, installs the tree, starts a lab, puts three 64 MiB VMs on it and
+# prints the tour (`ravada-lab tour` runs it). CEPH=1: with a throw-away Ceph in the lab, the
+# VMs on RBD disks, fence_rbd in the fencing topology.
 demo: deps install install-lab
-	$(RAVADA_LAB) up --nodes $(LAB_NODES)
+	$(RAVADA_LAB) up --nodes $(LAB_NODES)$(if $(CEPH), --ceph)
 	PYTHONPATH=lib:lab $(PYTHON) -m ravada_lab.demo --name $(LAB_NAME)
 
 demo-down:

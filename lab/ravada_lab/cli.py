@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import lifecycle
+from . import lifecycle, tour
 from .cluster import observe
 from .errors import LabError
 from .layout import DEFAULT_NAME, DEFAULT_ROOT, LabLayout, check_node_count
@@ -39,12 +39,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     up = sub.add_parser("up", parents=[common], help="start a lab and wait for its cluster")
     up.add_argument("--nodes", type=int, default=3, help="number of nodes (default 3)")
+    up.add_argument("--ceph", action="store_true",
+                    help="also a throw-away Ceph (1 mon, 1 OSD) on the lab switch, and fence_rbd "
+                    "with the power fence device in every node's fencing level 1")
     sub.add_parser("down", parents=[common], help="stop and remove everything of the lab")
     sub.add_parser("status", parents=[common], help="nodes, daemons and cluster summary")
     ex = sub.add_parser("exec", parents=[common], help="run a command inside a node "
                         "(options of ravada-lab go before NODE)")
     ex.add_argument("node")
     ex.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ...")
+    tour = sub.add_parser("tour", parents=[common], help="a guided tour of the lab of "
+                          "`make demo`: migration, power cut and fencing, placement (and RBD "
+                          "safety with --ceph), pausing between steps")
+    tour.add_argument("--no-pause", action="store_true", help="run every step without waiting "
+                      "for Enter")
+    tour.add_argument("--print", action="store_true", help="only print the steps' commands")
     for command, (_op, doc, _done) in NODE_COMMANDS.items():
         sub.add_parser(command, parents=[common], help=doc).add_argument("node")
     return parser
@@ -66,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace, lab: LabLayout) -> int:
     if args.command == "up":
-        lifecycle.up(lab, check_node_count(args.nodes))
+        lifecycle.up(lab, check_node_count(args.nodes), ceph=args.ceph)
         print(_status_text(lab))
         return 0
     if args.command == "down":
@@ -83,6 +92,14 @@ def _dispatch(args: argparse.Namespace, lab: LabLayout) -> int:
         return 0
     if args.command == "exec":
         return _exec(lab, args.node, args.argv)
+    if args.command == "tour":
+        state = LabState.load(lab)
+        steps = tour.build(state)
+        if args.print:
+            print(tour.render(steps))
+        else:
+            tour.run(state, steps, pause=not args.no_pause)
+        return 0
     op, _doc, done = NODE_COMMANDS[args.command]
     request(lab.control_socket, op, node=args.node, client="ravada-lab")
     print(f"{args.node} {done}")

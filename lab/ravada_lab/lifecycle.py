@@ -11,7 +11,7 @@ from pathlib import Path
 
 import ravada_lab
 
-from . import configs, procs
+from . import ceph_service, configs, procs
 from .cluster import ClusterView, wait_until
 from .errors import LabError
 from .layout import DEFAULT_ROOT, PRIVATE_DIRS, LabLayout
@@ -95,8 +95,10 @@ def configure_fencing(state: LabState) -> None:
     node_run(state, first, ["pcs", "resource", "defaults", "update", "resource-stickiness=100"])
 
 
-def up(lab: LabLayout, count: int, progress=print) -> ClusterView:
+def up(lab: LabLayout, count: int, progress=print, ceph: bool = False) -> ClusterView:
     preflight(lab)
+    if ceph:
+        ceph_service.preflight()
     started = time.monotonic()
     try:
         write_lab_files(lab, count)
@@ -110,6 +112,12 @@ def up(lab: LabLayout, count: int, progress=print) -> ClusterView:
         configure_fencing(state)
         view = wait_until(state, lambda v: v.roles.get(FENCE_DEVICE) == "Started",
                           f"fence device {FENCE_DEVICE} started", FORM_TIMEOUT)
+        if ceph:
+            progress("starting Ceph (1 mon, 1 OSD) on the lab switch ...")
+            ceph_service.start(lab)
+            ceph_service.attach(state, progress)
+            view = wait_until(state, lambda v: v.roles.get(ceph_service.FENCE_DEVICE) == "Started",
+                              f"fence device {ceph_service.FENCE_DEVICE} started", FORM_TIMEOUT)
     except BaseException:
         progress("lab did not come up; tearing it down")
         down(lab, progress=lambda _msg: None)
@@ -129,6 +137,8 @@ def down(lab: LabLayout, progress=print) -> bool:
         except LabError as e:
             progress(f"controller shutdown failed ({e}); killing recorded processes")
     _kill_recorded(recorded)
+    # After the nodes: no QEMU is left with an RBD disk open when its Ceph goes.
+    ceph_service.stop(lab)
     mounts = _mounts_under(lab.root)
     if mounts:
         raise LabError(f"refusing to delete {lab.root}: still mounted: {', '.join(mounts)}")

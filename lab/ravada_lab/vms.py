@@ -17,16 +17,22 @@ AGENT = "ocf:ravada:VirtualDomain"
 
 
 def create_vm(state: LabState, name: str, via: str | None = None, agent: str = AGENT,
-              extra: tuple[str, ...] = ()) -> Path:
-    """Domain XML in the shared dir + `pcs resource create` (no --force: pcs validates)."""
-    config = write_domain(state.lab, name)
+              extra: tuple[str, ...] = (), config: Path | None = None) -> list[str]:
+    """`pcs resource create` (no --force: pcs validates) of a domain whose XML is `config`
+    (default: the lab's tiny domain, written to the shared dir); returns the pcs command."""
+    config = config or write_domain(state.lab, name)
     node = via or state.healthy_nodes()[0]
+    argv = create_argv(name, config, agent, extra)
+    node_run(state, node, argv)
+    return argv
+
+
+def create_argv(name: str, config: Path, agent: str = AGENT, extra: tuple[str, ...] = (),
+                meta: tuple[str, ...] = ("allow-migrate=true",)) -> list[str]:
     # tcp: the lab's libvirtd listen unauthenticated on the lab network only (no TLS PKI);
     # force_stop: a disk-less guest has no OS to honour an ACPI shutdown.
-    node_run(state, node, ["pcs", "resource", "create", name, agent, f"config={config}",
-                           "migration_transport=tcp", "force_stop=true", *extra,
-                           "meta", "allow-migrate=true"])
-    return config
+    return ["pcs", "resource", "create", name, agent, f"config={config}",
+            "migration_transport=tcp", "force_stop=true", *extra, "meta", *meta]
 
 
 def qemu_nodes(state: LabState) -> dict[str, list[str]]:
