@@ -75,9 +75,10 @@ class Environment:
         """The operation timeout Pacemaker gave us, None when run by hand."""
         raw = self.meta("timeout")
         try:
-            return int(raw) if raw else None
+            value = int(raw) if raw else None
         except ValueError:
             return None
+        return value if value is not None and value > 0 else None
 
     def is_probe(self, action: str) -> bool:
         """A probe is a monitor with interval 0 (or none given)."""

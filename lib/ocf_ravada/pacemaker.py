@@ -22,6 +22,15 @@ API (all take `deadline: Deadline` and optional `limit` seconds):
     verify_cib(root, deadline) -> (valid, messages)            crm_verify of a parsed CIB
     apply_change(old, new, deadline)                           old -> new as one cibadmin --patch
     set_node_attribute / set_node_utilization / set_utilization / delete_utilization
+    delete_node_attribute(name, deadline, node=, lifetime=)
+    set_option(section, name, value) / delete_option(section, name)   crm_config, rsc/op_defaults
+    option(cib, section, name)                                 read one from a parsed CIB
+    set_meta / delete_meta(resource, name)                     a resource's meta attribute
+    set_param / delete_param(resource, name)                   a resource's instance attribute
+    move_resource / ban_resource / clear_resource(resource, node)  crm_resource --move/--ban/--clear
+    create_element(scope, element) -> bool                     cibadmin --create (False: id exists)
+    delete_element(scope, element)                             cibadmin --delete
+    local_node_name(deadline)                                  crm_node --name
     node_attribute(cib, node, name) / node_attributes(cib, name)   read a parsed CIB
     node_online(status, node)                                  from crm_mon's XML
 
@@ -182,6 +191,117 @@ def set_node_attribute(name: str, value: str, deadline: Deadline, node: str | No
     """crm_attribute: permanent (lifetime forever) or transient (reboot) node attribute."""
     argv = ["crm_attribute", "--type", "nodes", "--name", name, "--update", value, "--lifetime", lifetime]
     run(argv + (["--node", node] if node else []), deadline, limit=limit)
+
+
+def delete_node_attribute(name: str, deadline: Deadline, node: str | None = None,
+                          lifetime: str = "forever", limit: float = DEFAULT_LIMIT) -> None:
+    argv = ["crm_attribute", "--type", "nodes", "--name", name, "--delete", "--lifetime", lifetime]
+    run(argv + (["--node", node] if node else []), deadline, limit=limit)
+
+
+# Each option section's usual set (the ids pcs and crm_attribute use).
+OPTION_SETS = {"crm_config": ("cluster_property_set", "cib-bootstrap-options"),
+               "rsc_defaults": ("meta_attributes", "rsc_defaults-meta_attributes"),
+               "op_defaults": ("meta_attributes", "op_defaults-meta_attributes")}
+
+
+def _option_pair(cib: etree._Element, section: str, name: str) -> etree._Element | None:
+    set_tag, _ = OPTION_SETS[section]
+    for pair in cib.iterfind(f"configuration/{section}/{set_tag}/nvpair"):
+        if pair.get("name") == name:
+            return pair
+    return None
+
+
+def option(cib: etree._Element, section: str, name: str) -> str | None:
+    """A cluster property or resource/operation default as set in a parsed CIB (None: unset)."""
+    pair = _option_pair(cib, section, name)
+    return None if pair is None else pair.get("value", "")
+
+
+def set_option(section: str, name: str, value: str, deadline: Deadline, limit: float = DEFAULT_LIMIT) -> None:
+    """Set a cluster property (crm_config) or a resource/operation default: the existing pair
+    of that name is updated, else one is added to the section's usual set.  (crm_attribute
+    cannot set rsc_defaults/op_defaults on a CIB file; cibadmin can, live or saved alike.)"""
+    set_tag, set_id = OPTION_SETS[section]
+    pair = _option_pair(query_cib(deadline, limit), section, name)
+    if pair is not None:
+        set_id, pair_id = pair.getparent().get("id"), pair.get("id")
+    else:
+        pair_id = f"{set_id}-{name}"
+    configuration = etree.Element("configuration")
+    nv_set = etree.SubElement(etree.SubElement(configuration, section), set_tag, id=set_id)
+    etree.SubElement(nv_set, "nvpair", id=pair_id, name=name, value=value)
+    run(["cibadmin", "--modify", "--allow-create", "--scope", "configuration", "--xml-text",
+         etree.tostring(configuration, encoding="unicode")], deadline, limit=limit)
+
+
+def delete_option(section: str, name: str, deadline: Deadline, limit: float = DEFAULT_LIMIT) -> None:
+    pair = _option_pair(query_cib(deadline, limit), section, name)
+    if pair is not None:
+        delete_element("configuration", etree.Element("nvpair", id=pair.get("id")), deadline, limit)
+
+
+def set_meta(resource: str, name: str, value: str, deadline: Deadline, limit: float = DEFAULT_LIMIT) -> None:
+    run(["crm_resource", "--resource", resource, "--meta", "--set-parameter", name,
+         "--parameter-value", value], deadline, limit=limit)
+
+
+def delete_meta(resource: str, name: str, deadline: Deadline, limit: float = DEFAULT_LIMIT) -> None:
+    # crm_resource exits 105 (no such object) when the attribute is not set: nothing to do.
+    run(["crm_resource", "--resource", resource, "--meta", "--delete-parameter", name], deadline,
+        ok_codes=(0, 105), limit=limit)
+
+
+def set_param(resource: str, name: str, value: str, deadline: Deadline, limit: float = DEFAULT_LIMIT) -> None:
+    """An instance attribute (agent parameter) of a resource."""
+    run(["crm_resource", "--resource", resource, "--set-parameter", name, "--parameter-value", value],
+        deadline, limit=limit)
+
+
+def delete_param(resource: str, name: str, deadline: Deadline, limit: float = DEFAULT_LIMIT) -> None:
+    run(["crm_resource", "--resource", resource, "--delete-parameter", name], deadline,
+        ok_codes=(0, 105), limit=limit)
+
+
+def move_resource(resource: str, node: str, deadline: Deadline, limit: float = DEFAULT_LIMIT) -> None:
+    """crm_resource --move: a cli-prefer constraint; with allow-migrate Pacemaker live-migrates."""
+    run(["crm_resource", "--move", "--resource", resource, "--node", node], deadline, limit=limit)
+
+
+def ban_resource(resource: str, node: str, deadline: Deadline, limit: float = DEFAULT_LIMIT) -> None:
+    """crm_resource --ban: a cli-ban-RESOURCE-on-NODE constraint."""
+    run(["crm_resource", "--ban", "--resource", resource, "--node", node], deadline, limit=limit)
+
+
+def clear_resource(resource: str, node: str, deadline: Deadline, limit: float = DEFAULT_LIMIT) -> None:
+    """crm_resource --clear for one node: removes the --move/--ban constraints naming it."""
+    run(["crm_resource", "--clear", "--resource", resource, "--node", node], deadline, limit=limit)
+
+
+def create_element(scope: str, element: etree._Element, deadline: Deadline,
+                   limit: float = DEFAULT_LIMIT) -> bool:
+    """cibadmin --create: add `element` to the CIB section `scope` atomically; False when an
+    element with its id exists already (the CIB manager refuses it as not unique)."""
+    try:
+        run(["cibadmin", "--create", "--scope", scope, "--xml-text", etree.tostring(element, encoding="unicode")],
+            deadline, limit=limit)
+    except ToolFailed as err:
+        if err.returncode == 108:   # CRM_EX_EXISTS
+            return False
+        raise
+    return True
+
+
+def delete_element(scope: str, element: etree._Element, deadline: Deadline,
+                   limit: float = DEFAULT_LIMIT) -> None:
+    """cibadmin --delete of the element with the same tag and id (absent: nothing to do)."""
+    run(["cibadmin", "--delete", "--scope", scope, "--xml-text", etree.tostring(element, encoding="unicode")],
+        deadline, ok_codes=(0, 105), limit=limit)
+
+
+def local_node_name(deadline: Deadline, limit: float = DEFAULT_LIMIT) -> str:
+    return run(["crm_node", "--name"], deadline, limit=limit).strip()
 
 
 def set_node_utilization(name: str, value: str, deadline: Deadline, node: str | None = None,

@@ -66,6 +66,12 @@ class Parameter(NamedTuple):
             if self.required:
                 raise OcfError(Rc.ERR_CONFIGURED, f"required parameter '{self.name}' is not set")
             return self.default
+        try:
+            raw.encode("utf-8")
+        except UnicodeEncodeError:
+            # Undecodable bytes in the environment (surrogate escapes): libvirt and the
+            # Pacemaker tools would fail on them later, with a traceback.
+            raise self._invalid(raw, "not valid UTF-8 text") from None
         value: Any
         if self.type == "boolean":
             word = raw.strip().lower()

@@ -257,3 +257,23 @@ def test_ravada_rbd_refuses_inf_and_nan_timeouts(value):
                            "whoami"], capture_output=True, text=True, timeout=30)
     assert done.returncode == 2
     assert "Traceback" not in done.stderr and "must be a number of seconds" in done.stderr
+
+
+def test_monitor_script_with_binary_output_fails_with_a_reason(tmp_path):
+    from ocf_ravada.vdomain import checks
+
+    script = tmp_path / "check"
+    script.write_text("#!/bin/sh\nprintf 'bad \\377\\376 state\\n'; exit 3\n")
+    script.chmod(0o755)
+    with pytest.raises(OcfError, match="failed with exit 3: bad"):
+        checks.run_scripts(str(script), "vm", 5, Deadline(10))
+    not_a_program = tmp_path / "data"
+    not_a_program.write_bytes(b"\x7fELF-not-really")
+    not_a_program.chmod(0o755)
+    with pytest.raises(OcfError, match="cannot be run"):
+        checks.run_scripts(str(not_a_program), "vm", 5, Deadline(10))
+
+
+@pytest.mark.parametrize("raw", ["-5", "0", "inf"])
+def test_a_nonsense_operation_timeout_falls_back_to_the_default(raw):
+    assert Environment({"OCF_RESKEY_CRM_meta_timeout": raw}).timeout_ms is None

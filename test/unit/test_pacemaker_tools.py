@@ -139,3 +139,22 @@ def test_undecodable_tool_output_does_not_raise_unicode_errors(tmp_path, monkeyp
     _stand_in(tmp_path, monkeypatch, "crm_attribute", r"printf 'bad \377\376 bytes' >&2; exit 1")
     with pytest.raises(pacemaker.ToolFailed, match="bad"):
         pacemaker.set_node_utilization("cpu", "1", Deadline(5))
+
+
+def test_local_node_name(tmp_path, monkeypatch):
+    _stand_in(tmp_path, monkeypatch, "crm_node", "echo node7")
+    assert pacemaker.local_node(Deadline(5)) == "node7"
+    _stand_in(tmp_path, monkeypatch, "crm_node", "echo")
+    with pytest.raises(pacemaker.BadOutput):
+        pacemaker.local_node(Deadline(5))
+
+
+def test_rbd_local_node_name_is_none_when_pacemaker_cannot_tell(tmp_path, monkeypatch):
+    from ocf_ravada.rbd.nodes import local_node_name
+
+    _stand_in(tmp_path, monkeypatch, "crm_node", "exec sleep 60")
+    started = time.monotonic()
+    assert local_node_name(timeout=0.5) is None
+    assert time.monotonic() - started < 5
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert local_node_name() is None

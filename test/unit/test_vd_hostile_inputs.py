@@ -112,6 +112,21 @@ def test_stop_and_probe_with_domain_set_do_not_read_the_config(hv, env, tmp_path
         hv.lookupByName("named")
 
 
+@pytest.mark.parametrize("name", ["domain", "hypervisor", "migration_user"])
+def test_undecodable_parameters_are_refused_not_a_traceback(hv, env, tmp_path, capsys, name):
+    config = tmp_path / "vm.xml"
+    config.write_text(XML.format(name="utf"))
+    undecodable = b"\xff".decode("utf-8", "surrogateescape")
+    extra = {"OCF_RESKEY_config": str(config), f"OCF_RESKEY_{name}": undecodable,
+             "HA_LOGFILE": str(tmp_path / "ha.log")}
+    assert act("start", env, **extra) == Rc.ERR_CONFIGURED
+    (reason,) = reasons(capsys)
+    assert "not valid UTF-8" in reason
+    assert act("status", env, **extra) == Rc.NOT_RUNNING
+    assert act("stop", env, **extra) == Rc.SUCCESS
+    assert "Traceback" not in capsys.readouterr().err + (tmp_path / "ha.log").read_text()
+
+
 class FailingStatus(VirtualDomain):
     """status asks libvirt for something it refuses: the error path of any action."""
 
@@ -183,12 +198,13 @@ def _config(tmp_path, kind: str, index: int) -> str:
     return str(path)
 
 
-def _cases(tmp_path, count: int):
-    rng = random.Random(8)
+def _cases(tmp_path, seed: int = 8):
+    """Every action with every kind of config, each with up to three hostile parameters."""
+    rng = random.Random(seed)
     actions = ["start", "stop", "monitor", "validate-all", "migrate_to", "migrate_from", "reload-agent", "status"]
     combos = list(itertools.product(actions, CONFIG_KINDS))
     rng.shuffle(combos)
-    for index, (action, kind) in enumerate(combos[:count]):
+    for index, (action, kind) in enumerate(combos):
         env = {"OCF_RESKEY_config": _config(tmp_path, kind, index)}
         for name in rng.sample(PARAMETERS, rng.randint(0, 3)):
             env[f"OCF_RESKEY_{name}"] = rng.choice(HOSTILE_VALUES)
@@ -205,10 +221,11 @@ def _encode(env):
     return {k.encode(): v.encode("utf-8", "surrogateescape") for k, v in env.items()}
 
 
-def test_fuzz_every_run_ends_cleanly(tmp_path):
+@pytest.mark.parametrize("seed", [3, 8])
+def test_fuzz_every_run_ends_cleanly(tmp_path, seed):
     log = tmp_path / "ha.log"
     failures = []
-    for action, kind, extra in _cases(tmp_path, 80):
+    for action, kind, extra in _cases(tmp_path, seed):
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "OCF_RESOURCE_INSTANCE": "fuzz",
                "OCF_RESKEY_hypervisor": "test:///default", "HA_RSCTMP": str(tmp_path / "rsctmp"),
                "HA_LOGFILE": str(log), "OCF_RESKEY_CRM_meta_timeout": "8000", **extra}

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 
 from ..deadline import parse_seconds
@@ -25,7 +24,7 @@ from .errors import BadDiskSpec, RbdError
 from . import owner
 from .guard import Policy, RbdGuard
 from .image_state import ImageState, read_image_state
-from .nodes import NodeMap, own_ceph_ips, publish_node_addrs
+from .nodes import NodeMap, local_node_name, own_ceph_ips, publish_node_addrs
 from .owner import OwnerRecord
 
 PROG = "ravada-rbd"
@@ -118,8 +117,7 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps({"ips": ips}) if args.json else " ".join(ips))
             return 0
         if args.command == "publish":
-            node = args.node or subprocess.run(["crm_node", "-n"], capture_output=True, text=True,
-                                               timeout=10).stdout.strip()
+            node = args.node or local_node_name()
             if not node:
                 raise RbdError("cannot tell this node's name: give --node")
             publish_node_addrs(node, own_ceph_ips(session))

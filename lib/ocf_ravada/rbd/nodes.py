@@ -98,6 +98,14 @@ def own_ceph_ips(session: CephSession) -> tuple[str, ...]:
     return (session.own_addr().ip,)
 
 
+def local_node_name(timeout: float = 10.0) -> str | None:
+    """This node's cluster name (crm_node -n), None when Pacemaker cannot tell."""
+    try:
+        return pacemaker.local_node(Deadline(timeout))
+    except pacemaker.PacemakerError:
+        return None
+
+
 def publish_node_addrs(node: str, ips: tuple[str, ...] | list[str], timeout: float = 10.0) -> None:
     """Store `ips` as the node's permanent `ravada-ceph-addrs` attribute (crm_attribute)."""
     try:

@@ -37,13 +37,16 @@ def run_scripts(scripts: str, name: str, per_script: int, deadline: Deadline) ->
     for script in scripts.split():
         timeout = deadline.bounded(per_script)
         try:
-            done = subprocess.run([script], capture_output=True, text=True, timeout=max(0.1, timeout), env=env)
+            done = subprocess.run([script], capture_output=True, encoding="utf-8", errors="replace",
+                                  timeout=max(0.1, timeout), env=env, stdin=subprocess.DEVNULL)
         except FileNotFoundError:
             raise OcfError(Rc.ERR_GENERIC, f"monitor script {script} not found") from None
         except PermissionError:
             raise OcfError(Rc.ERR_GENERIC, f"monitor script {script} is not executable") from None
         except subprocess.TimeoutExpired:
             raise OcfError(Rc.ERR_GENERIC, f"monitor script {script} did not finish within {timeout:.0f}s") from None
+        except OSError as err:
+            raise OcfError(Rc.ERR_GENERIC, f"monitor script {script} cannot be run: {err.strerror}") from None
         if done.returncode != 0:
             output = (done.stdout + done.stderr).strip().splitlines()
             detail = f": {output[-1]}" if output else ""
