@@ -27,6 +27,7 @@ COMMAND_PAGES = {"man8/ravada-place.8": ("tools/ravada-place",
                                        ["status", "release", "whoami", "publish"]),
                  "man8/ravada-snapshot.8": ("tools/ravada-snapshot",
                                             ["create", "list", "delete", "thaw"]),
+                 "man8/ravada-backup.8": ("tools/ravada-backup", ["export", "verify", "restore"]),
                  "man8/ravada-lab.8": ("lab/ravada-lab",
                                        ["up", "down", "status", "exec", "kill", "on", "freeze",
                                         "thaw", "cut", "heal"])}
