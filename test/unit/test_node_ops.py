@@ -1,0 +1,177 @@
+"""ravada-node drain/undrain on a simulated cluster (a CIB file whose transitions crm_simulate
+runs, live migrations included), refusals through the real command, Wake-on-LAN packets
+caught by a real UDP socket.  The lab test (test/e2e/test_lab_ops.py) does it on real nodes."""
+import os
+import socket
+import subprocess
+
+import pytest
+
+from ocf_ravada import nodeops, wol
+from ocf_ravada.deadline import Deadline
+from support.simcluster import SimCluster
+from support.stack import require_stack
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TOOL = os.path.join(REPO, "tools", "ravada-node")
+
+
+@pytest.fixture
+def cluster(tmp_path, monkeypatch):
+    require_stack("a simulated cluster", "crm_simulate", "crm_mon", "cibadmin", "crm_resource")
+    sim = SimCluster(tmp_path, {"node1": (8, 16384), "node2": (8, 16384), "node3": (8, 16384)})
+    for number in range(6):
+        sim.add_vm(f"vm{number}", memory=2048)
+    sim.start()
+    monkeypatch.setenv("CIB_file", str(sim.path))
+    monkeypatch.setattr(nodeops, "POLL", 0.2)
+    return sim
+
+
+def busiest(sim: SimCluster) -> str:
+    where = sim.where()
+    counts = {n: sum(1 for vm, nodes in where.items() if vm.startswith("vm") and n in nodes) for n in sim.nodes}
+    return max(counts, key=counts.get)
+
+
+def run_tool(sim: SimCluster, *argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["/usr/bin/python3", TOOL, *argv], capture_output=True, text=True, env=sim.env,
+                          timeout=120)
+
+
+def test_drain_live_migrates_every_vm_off_and_undrain_lets_them_back(cluster):
+    node = busiest(cluster)
+    on_node = sorted(vm for vm, nodes in cluster.where().items() if node in nodes and vm.startswith("vm"))
+    assert on_node
+    lines = []
+    report = nodeops.drain(node, Deadline(60), log=lines.append, tick=cluster.settle)
+    assert report.complete, report.lines()
+    assert sorted(report.moved) == on_node
+    where = cluster.where()
+    assert all(node not in where[vm] for vm in where if vm.startswith("vm"))
+    assert all(len(where[f"vm{n}"]) == 1 for n in range(6))     # all six still run, once
+    cib = cluster.cib()
+    bans = {loc.get("rsc") for loc in cib.iter("rsc_location") if loc.get("id", "").startswith("cli-ban-")
+            and loc.get("node") == node}
+    assert bans == {f"vm{n}" for n in range(6)}       # the others may not come here either
+    assert not [loc for loc in cib.iter("rsc_location") if loc.get("id", "").startswith("cli-prefer-")]
+    assert cib.xpath("//node[@uname=$n]//nvpair[@name='ravada-drained']", n=node)
+    # The plan the moves followed is ravada-place's.
+    assert any(line.startswith("plan: ") for line in lines)
+    # The transition migrated them live: migrate_to on the drained node, migrate_from where
+    # each one runs now.
+    for vm in on_node:
+        history = {state.get("uname"): [op.get("operation") for op in state.iterfind(
+            f"lrm/lrm_resources/lrm_resource[@id='{vm}']/lrm_rsc_op")] for state in cib.iter("node_state")}
+        assert "migrate_to" in history[node], history
+        assert "migrate_from" in history[where[vm][0]], history
+
+    cleared = nodeops.undrain(node, Deadline(60), log=lines.append)
+    assert sorted(cleared) == [f"vm{n}" for n in range(6)]
+    cib = cluster.cib()
+    assert not [loc for loc in cib.iter("rsc_location") if loc.get("id", "").startswith("cli-ban-")]
+    assert not cib.xpath("//nvpair[@name='ravada-drained']")
+
+
+def test_drain_refuses_when_a_vm_has_nowhere_to_go(cluster):
+    # Two fillers take most of two nodes; big then fits only on the third.
+    cluster.add_vm("filler1", memory=9000)
+    cluster.add_vm("filler2", memory=9000)
+    cluster.settle()
+    cluster.add_vm("big", memory=12000)
+    cluster.settle()
+    node = cluster.where()["big"][0]
+    before = cluster.path.read_bytes()
+    done = run_tool(cluster, "drain", node, "--timeout", "30")
+    assert done.returncode == 3, done.stderr
+    assert "big" in done.stderr and "--force" in done.stderr
+    assert cluster.path.read_bytes() == before       # nothing changed
+
+
+def test_drain_refuses_the_last_node_unless_forced(cluster):
+    cluster.settle("--node-down node2", "--node-down node3")
+    done = run_tool(cluster, "drain", "node1", "--timeout", "30")
+    assert done.returncode == 3
+    assert "last node" in done.stderr
+    report = nodeops.drain("node1", Deadline(60), force=True, log=lambda _l: None, tick=cluster.settle)
+    assert sorted(report.stopped) == [f"vm{n}" for n in range(6)]
+    assert not [vm for vm in cluster.where() if vm.startswith("vm")]
+
+
+def test_drain_dry_run_changes_nothing(cluster):
+    node = busiest(cluster)
+    before = cluster.path.read_bytes()
+    done = run_tool(cluster, "drain", node, "--dry-run")
+    assert done.returncode == 0, done.stderr
+    assert "plan: vm" in done.stdout
+    assert cluster.path.read_bytes() == before
+
+
+@pytest.mark.parametrize("argv", [["drain"], ["drain", "node1", "--timeout", "inf"], ["explode", "node1"],
+                                  ["wake", "node1", "--timeout", "-1"]])
+def test_usage_errors(argv):
+    done = subprocess.run(["/usr/bin/python3", TOOL, *argv], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_unknown_node_is_an_error(cluster):
+    done = run_tool(cluster, "drain", "node9")
+    assert done.returncode == 1 and "node9" in done.stderr
+
+
+def test_magic_packet_layout():
+    mac = wol.parse_mac("52:54:00:ab:CD:ef")
+    packet = wol.magic_packet(mac)
+    assert len(packet) == 102
+    assert packet[:6] == b"\xff" * 6
+    assert packet[6:] == bytes.fromhex("525400abcdef") * 16
+    for bad in ("52:54:00:ab:cd", "01:00:5e:00:00:01", "00:00:00:00:00:00", "52:54:00:ab:cd:zz", "52:54-00:ab:cd:ef"):
+        with pytest.raises(ValueError):
+            wol.parse_mac(bad)
+
+
+def test_wake_sends_the_packet_for_the_recorded_mac_and_waits(cluster, monkeypatch):
+    """The packet really leaves on UDP (caught by a socket on a private port pair), and wake
+    returns once the node is online again."""
+    cluster.settle("--node-down node3")
+    subprocess.run(["crm_attribute", "--node", "node3", "--name", "ravada-mac", "--update", "52:54:00:00:00:03"],
+                   env=cluster.env, check=True, capture_output=True)
+    receivers = []
+    for _ in range(2):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.1", 0))
+        sock.settimeout(10)
+        receivers.append(sock)
+    ports = tuple(s.getsockname()[1] for s in receivers)
+    real_send = wol.send
+    monkeypatch.setattr(wol, "send", lambda mac, broadcast: real_send(mac, "127.0.0.1", ports))
+    polls = []
+
+    def node_boots():
+        polls.append(1)
+        if len(polls) == 2:
+            cluster.settle("--node-up node3")
+
+    monkeypatch.setattr(nodeops, "wait_online",
+                        _with_tick(nodeops.wait_online, node_boots))
+    assert nodeops.wake("node3", Deadline(30), log=lambda _l: None)
+    for sock in receivers:
+        data = sock.recv(200)
+        assert data == b"\xff" * 6 + bytes.fromhex("525400000003") * 16
+        sock.close()
+
+
+def _with_tick(wait_online, tick):
+    def wrapped(node, online, deadline, between=lambda: None):
+        def both():
+            tick()
+            between()
+        return wait_online(node, online, deadline, both)
+    return wrapped
+
+
+def test_wake_without_a_recorded_mac_says_how_to_set_it(cluster):
+    done = run_tool(cluster, "wake", "node2", "--timeout", "10")
+    assert done.returncode == 1
+    assert "ravada-mac" in done.stderr and "crm_attribute" in done.stderr
