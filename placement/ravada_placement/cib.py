@@ -147,7 +147,8 @@ class _Reader:
         utilization of everything else on the nodes where it runs."""
         units, owner = [], {}
         reserved = {name: [0, 0] for name in self.nodes}
-        self.all_ids: list[str] = []
+        # rsc-pattern matches top-level resources only (a group member never, as in Pacemaker).
+        self.top_ids: list[str] = []
 
         def reserve(primitive: etree._Element, nodes: set[str]) -> None:
             cpu, memory = self.size(primitive, False)
@@ -159,7 +160,7 @@ class _Reader:
             if not isinstance(element.tag, str):
                 continue
             rid = _require_id(element)
-            self.all_ids.append(rid)
+            self.top_ids.append(rid)
             if element.tag == "primitive":
                 if _is_vm(element):
                     units.append(self.vm_unit(element, [element]))
@@ -169,7 +170,7 @@ class _Reader:
             elif element.tag == "group":
                 members = [m for m in element if isinstance(m.tag, str) and m.tag == "primitive"]
                 for member in members:
-                    self.all_ids.append(_require_id(member))
+                    _require_id(member)
                 if any(_is_vm(m) for m in members):
                     units.append(self.vm_unit(element, members))
                     owner.update({rid: rid} | {m.get("id"): rid for m in members})
@@ -181,7 +182,6 @@ class _Reader:
                 # node when the snapshot has no status: they usually run everywhere).
                 where = self.active.get(rid, set()) if self.status is not None else set(self.nodes)
                 for primitive in element.iter("primitive"):
-                    self.all_ids.append(_require_id(primitive))
                     reserve(primitive, where)
         for name, (cpu, memory) in reserved.items():
             if cpu or memory:
@@ -276,7 +276,7 @@ class _Reader:
                 pattern = re.compile(loc.get("rsc-pattern"))
             except re.error as err:
                 raise InputError(f"constraint {loc.get('id')}: bad rsc-pattern: {err}") from None
-            return [rid for rid in self.all_ids if pattern.search(rid)]
+            return [rid for rid in self.top_ids if pattern.search(rid)]
         return [ref.get("id") for ref in loc.iterfind("resource_set/resource_ref") if ref.get("id")]
 
     def fail_bans(self) -> dict[str, dict[str, str]]:

@@ -214,3 +214,24 @@ def test_running_colocated_vms_move_together_and_a_stopped_one_joins_them(tmp_pa
     drained = run_tool("drain", "n1", "--cib", path, "--simulate", check=True).stdout
     assert "a+b: n1 -> n2" in drained and "d: n1 -> n2" in drained
     assert simulated(drained) == {"a": "n2", "b": "n2", "c": "n2", "d": "n2"}
+
+
+def test_a_pattern_matches_top_level_resources_only_as_in_pacemaker(tmp_path):
+    cib = util_cib(cluster([Node("n1", 8, 8192), Node("n2", 8, 8192)], [VM("m1", 1, 1024), VM("m2", 1, 1024)]))
+    resources = cib.find("configuration/resources")
+    group = etree.SubElement(resources, "group", id="grp")
+    for name in ("m1", "m2"):
+        group.append(resources.find(f"primitive[@id='{name}']"))
+    constraints = cib.find("configuration/constraints")
+    etree.SubElement(constraints, "rsc_location", id="member", **{"rsc-pattern": "^m2$"}, node="n1",
+                     score="-INFINITY")
+    etree.SubElement(constraints, "rsc_location", id="whole", **{"rsc-pattern": "^gr"}, node="n2",
+                     score="-INFINITY")
+    path = save(cib, tmp_path / "cib.xml")
+    scores = subprocess.run(["crm_simulate", "--xml-file", path, "--show-scores"], capture_output=True,
+                            text=True, check=True).stdout
+    assert "group_assign: grp allocation score on n1: 0" in scores
+    assert "group_assign: grp allocation score on n2: -INFINITY" in scores
+    out = run_tool("place", "--cib", path, "--explain", "--simulate", check=True).stdout
+    assert "n2                   excluded: banned by an administrator's constraint (whole)" in out
+    assert planned(out) == {"grp": "n1"} and simulated(out) == {"m1": "n1", "m2": "n1"}
