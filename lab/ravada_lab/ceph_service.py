@@ -34,6 +34,7 @@ POWER_DEVICE = "lab-fence"      # lifecycle.FENCE_DEVICE
 NEEDED_COMMANDS = ("ceph-mon", "ceph-osd", "ceph-authtool", "monmaptool", "rbd", "ceph")
 QEMU_RBD_DRIVER = Path("/usr/lib/x86_64-linux-gnu/qemu/block-rbd.so")
 START_TIMEOUT = 90.0
+RBD_START_TIMEOUT = "120s"
 STOP_TIMEOUT = 20.0
 
 
@@ -136,6 +137,14 @@ def attach(state: LabState, progress=print) -> None:
 def client_args(lab: LabLayout, user: str = NODE_USER) -> list[str]:
     """--conf/--id/--keyring of a Ceph client of the lab's cluster (ravada-rbd, rbd, ceph)."""
     return ["--conf", str(conf_path(lab)), "--id", user, "--keyring", str(keyring_path(lab, user))]
+
+
+def vm_params(lab: LabLayout) -> tuple[str, ...]:
+    """The VM agent's parameters for RBD disks: the guard's Ceph client, and a start timeout
+    with room to wait out a dead client's watch (10 s in the lab)."""
+    return (f"ceph_conf={conf_path(lab)}", f"ceph_id={NODE_USER}",
+            f"ceph_keyring={keyring_path(lab, NODE_USER)}", "op", "start",
+            f"timeout={RBD_START_TIMEOUT}")
 
 
 def conf_path(lab: LabLayout) -> Path:

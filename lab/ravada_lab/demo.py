@@ -20,8 +20,6 @@ from .state import LabState, node_run
 from .vms import create_argv
 
 VM_TIMEOUT = 120.0
-# The RBD guard may wait out a dead client's watch (10 s in the lab) before a start.
-RBD_START_TIMEOUT = "120s"
 IMAGE_SIZE = "64M"
 
 
@@ -36,10 +34,11 @@ def main(argv: list[str] | None = None) -> int:
         first = state.healthy_nodes()[0]
         run_shown(state, first, ["pcs", "resource", "create", "nodeinfo", "ocf:ravada:nodeinfo",
                                  "cpu_ratio=4", "clone"])
+        params = ceph_service.vm_params(state.lab) if ceph_service.has_ceph(state.lab) else ()
         names = [f"vm{i}" for i in range(1, args.vms + 1)]
         for name in names:
             config = prepare_vm(state, name)
-            run_shown(state, first, create_argv(name, config, extra=vm_extra(state.lab)))
+            run_shown(state, first, create_argv(name, config, extra=params))
         prepare_vm(state, tour.NEW_VM)
         wait_until(state, lambda v: all(v.roles.get(n) == "Started" for n in names),
                    f"{', '.join(names)} started", VM_TIMEOUT)
@@ -69,14 +68,6 @@ def prepare_vm(state: LabState, name: str) -> Path:
               ["rbd", "--conf", str(ceph.conf), "create", "--size", IMAGE_SIZE, spec])
     return write_rbd_domain(state.lab, name, ceph, spec)
 
-
-def vm_extra(lab: LabLayout) -> tuple[str, ...]:
-    """The agent's parameters beyond the lab's defaults: the RBD guard's Ceph client."""
-    if not ceph_service.has_ceph(lab):
-        return ()
-    conf, ceph_id, keyring = ceph_service.client_args(lab)[1::2]
-    return (f"ceph_conf={conf}", f"ceph_id={ceph_id}", f"ceph_keyring={keyring}",
-            "op", "start", f"timeout={RBD_START_TIMEOUT}")
 
 
 if __name__ == "__main__":

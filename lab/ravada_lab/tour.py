@@ -8,12 +8,14 @@ steps are chosen from where the VMs run when the tour begins; `make demo` prints
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import shutil
 import subprocess
+import textwrap
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -21,7 +23,7 @@ from typing import Callable
 from . import ceph_service
 from .cluster import ClusterView, observe
 from .errors import LabError
-from .layout import DEFAULT_ROOT, MAX_NODES, LabLayout
+from .layout import DEFAULT_NAME, DEFAULT_ROOT, MAX_NODES, LabLayout
 from .state import LabState
 from .vms import create_argv
 
@@ -68,7 +70,6 @@ class Run:
     lab: LabLayout
     started: float = 0.0                 # time.time() before the first command
     reached: float = 0.0                 # ... when the outcome was seen
-    marks: dict[str, float] = field(default_factory=dict)
 
 
 # ---- building the tour ----------------------------------------------------------------------
@@ -101,7 +102,7 @@ class LabCli:
     lab: LabLayout
 
     def options(self) -> list[str]:
-        options = [] if self.lab.name == "lab" else ["--name", self.lab.name]
+        options = [] if self.lab.name == DEFAULT_NAME else ["--name", self.lab.name]
         return options + ([] if self.lab.root.parent == DEFAULT_ROOT
                           else ["--root", str(self.lab.root.parent)])
 
@@ -114,8 +115,8 @@ class LabCli:
 
 def look(cli: LabCli, via: str) -> Step:
     return Step(
-        "The lab", "Three real Pacemaker nodes (namespaces of this host), fencing on, three "
-        "VMs under ocf:ravada:VirtualDomain.",
+        "The lab", "Real Pacemaker nodes (namespaces of this host), fencing on, the demo VMs "
+        "under ocf:ravada:VirtualDomain.",
         (cli("status"), cli.on(via, "crm_mon", "-1")))
 
 
@@ -129,7 +130,9 @@ def migrate(cli: LabCli, source: str, target: str) -> Step:
         Outcome(f"{MOVED_VM} started on {target}", lambda v: _runs_on(v, MOVED_VM, target)),
         (cli.on(target, "virsh", "domjobinfo", MOVED_VM, "--completed"),
          cli.on(target, "crm_resource", "--resource", MOVED_VM, "--list-operations")),
-        measure=lambda run: [f"pcs resource move returned after {run.reached - run.started:.1f} s"])
+        measure=lambda run: [f"{MOVED_VM} seen running on {target} "
+                             f"{run.reached - run.started:.1f} s after the move began "
+                             "(pcs waits for the cluster twice)"])
 
 
 def second_start(cli: LabCli, owner: str, other: str) -> Step:
@@ -178,10 +181,7 @@ def power_cut(cli: LabCli, victim: str, via: str, ceph: bool) -> Step:
 
 def place(cli: LabCli, lab: LabLayout, via: str, ceph: bool) -> Step:
     config = lab.shared_dir / f"{NEW_VM}.xml"
-    extra: tuple[str, ...] = ()
-    if ceph:
-        from .demo import vm_extra
-        extra = vm_extra(lab)
+    extra = ceph_service.vm_params(lab) if ceph else ()
     create = create_argv(NEW_VM, config, extra=(*extra, "--disabled"))
     return Step(
         f"Placement: where should {NEW_VM} go?",
@@ -275,7 +275,6 @@ def _fence_ops(lab: LabLayout, victim: str) -> list[tuple[float, str, str]]:
 
 def _blocklist_changes(lab: LabLayout) -> list[tuple[float, str, str, str]]:
     """(time, user, add|rm, address) of the blocklist changes in the monitor's audit log."""
-    import json
     changes = []
     try:
         text = _mon_log(lab).read_text(errors="replace")
@@ -367,6 +366,5 @@ def _wait(lab: LabLayout, outcome: Outcome) -> None:
 
 
 def _wrap(text: str, indent: str) -> list[str]:
-    import textwrap
     return textwrap.wrap(text, 92, initial_indent=indent, subsequent_indent=indent,
                          break_on_hyphens=False)

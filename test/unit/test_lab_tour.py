@@ -101,7 +101,9 @@ def test_pcs_commands_of_the_placement_step_apply_to_a_cib(tmp_path, ceph):
     for argv in pcs:
         result = run(["pcs", "-f", str(cib), *argv[1:]])
         assert result.returncode == 0, f"{argv}: {result.stderr}"
-    assert 'id="vm4"' in cib.read_text()
+    created = cib.read_text()
+    assert 'id="vm4"' in created
+    assert ("ceph_conf" in created) == ceph, "vm4 runs on an RBD disk only with Ceph"
 
 
 def test_only_the_ceph_tour_has_the_refused_second_start(tmp_path):
