@@ -4,8 +4,9 @@ What it does, each step logged, all of it bounded by one deadline:
 
  1. Takes the lock: a cluster_property_set `ravada-emergency` created with `cibadmin --create`,
     which the CIB manager refuses when it exists, so of several invocations (NUT on every
-    node) exactly one does the work.  The others wait for it (or take over a stale lock,
-    whose owner's deadline has passed: every step is idempotent).
+    node) exactly one does the work.  The others wait for it, then stop their own node's
+    stack (or take over a stale lock, whose owner's deadline has passed: every step is
+    idempotent).
  2. Makes sure nothing is recovered or fenced meanwhile: operation default on-fail=block (a
     failed or timed-out stop blocks the resource instead of fencing its node), and VMs are
     stopped through target-role=Stopped, so Pacemaker never starts them elsewhere.
@@ -227,6 +228,9 @@ class EmergencyShutdown:
     def run(self) -> bool:
         """The whole shutdown; True when every VM stopped before the deadline."""
         if not self.acquire():
+            # NUT runs us on every node: each one at least takes its own node down once the
+            # owner has stopped the VMs (a node already stopped just says so).
+            self._stop_local_stack()
             return True
         started = time.monotonic()
         pacemaker.set_option("op_defaults", "on-fail", "block", self.deadline)
@@ -308,6 +312,17 @@ class EmergencyShutdown:
                     self.shell.power_off(node, self.deadline.bounded(30))
                 except NodeCommandError as err:
                     self.log(f"{node}: {err}")
+
+    def _stop_local_stack(self) -> None:
+        if self.shell is None:
+            return
+        try:
+            members = _online_nodes(pacemaker.cluster_status(self.deadline))
+        except pacemaker.PacemakerError:
+            return      # the stack here is gone already
+        if self.shell.local_node in members:
+            for command, what in ((STOP_PACEMAKER, "pacemaker"), (STOP_COROSYNC, "corosync")):
+                self._on_nodes([self.shell.local_node], command, what)
 
     def _on_nodes(self, nodes: list[str], command: list[str], what: str) -> None:
         if not nodes:

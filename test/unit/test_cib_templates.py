@@ -10,28 +10,11 @@ from lxml import etree
 
 from ocf_ravada import cibtemplates, pacemaker
 from ocf_ravada.deadline import Deadline
+from support.cib_samples import NODES, SAMPLES
 from support.stack import require_stack
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOOL = os.path.join(REPO, "tools", "ravada-cib")
-NODES = ("node1", "node2", "node3")
-
-# Values for each template's required variables (and one optional one to exercise it).
-SAMPLES = {
-    "vm": {"id": "vm1", "config": "/etc/libvirt/qemu/vm1.xml", "memory": "2048", "cpu": "2", "base": "deb12"},
-    "base-location": {"vm": "vm0", "base": "deb12"},
-    "nodeinfo-clone": {},
-    "basesync-clone": {"source": "rsync://store/bases"},
-    "cluster-options": {},
-    "rsc-defaults": {},
-    "alert": {"recipient": "/var/log/ravada-alerts.log"},
-    "fence-ipmi": {"id": "fence-ipmi-node1", "node": "node1", "ip": "192.0.2.1", "username": "admin",
-                   "password": "s3cret"},
-    "fence-rbd": {"nodes": " ".join(NODES)},
-    "fencing-topology": {"node": "node1", "power_device": "fence-ipmi-node1"},
-}
-
-
 @pytest.fixture(scope="module", autouse=True)
 def pacemaker_tools():
     require_stack("crm_verify on a CIB file", "crm_verify", "cibadmin", "crm_diff")
