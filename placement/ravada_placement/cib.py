@@ -142,20 +142,22 @@ class _Reader:
         return (require_int(utilization.get("cpu", "0"), f"resource {name} utilization cpu"),
                 require_int(utilization.get("hv_memory", "0"), f"resource {name} utilization hv_memory"))
 
+    def reserve(self, primitive: etree._Element, nodes: set[str]) -> None:
+        """Take a non-VM primitive's utilization on `nodes`."""
+        cpu, memory = self.size(primitive, False)
+        for node in nodes & self.reserved.keys():
+            self.reserved[node][0] += cpu
+            self.reserved[node][1] += memory
+
     def read_resources(self) -> tuple[list[VM], dict[str, str]]:
         """(VM units in CIB order, resource id -> the unit it belongs to); reserves the
-        utilization of everything else on the nodes where it runs."""
+        utilization of other primitives on the nodes where they run (collections: later,
+        see reserve_collections)."""
         units, owner = [], {}
-        reserved = {name: [0, 0] for name in self.nodes}
+        self.reserved = {name: [0, 0] for name in self.nodes}
+        self.collections: list[etree._Element] = []
         # rsc-pattern matches top-level resources only (a group member never, as in Pacemaker).
         self.top_ids: list[str] = []
-
-        def reserve(primitive: etree._Element, nodes: set[str]) -> None:
-            cpu, memory = self.size(primitive, False)
-            for node in nodes & reserved.keys():
-                reserved[node][0] += cpu
-                reserved[node][1] += memory
-
         for element in self.config.find("resources") if self.config.find("resources") is not None else ():
             if not isinstance(element.tag, str):
                 continue
@@ -166,7 +168,7 @@ class _Reader:
                     units.append(self.vm_unit(element, [element]))
                     owner[rid] = rid
                 else:
-                    reserve(element, self.active.get(rid, set()))
+                    self.reserve(element, self.active.get(rid, set()))
             elif element.tag == "group":
                 members = [m for m in element if isinstance(m.tag, str) and m.tag == "primitive"]
                 for member in members:
@@ -176,17 +178,28 @@ class _Reader:
                     owner.update({rid: rid} | {m.get("id"): rid for m in members})
                 else:
                     for member in members:
-                        reserve(member, self.active.get(member.get("id"), set()))
+                        self.reserve(member, self.active.get(member.get("id"), set()))
             elif element.tag in COLLECTIONS:
-                # Not VMs: every instance takes its utilization where it runs (on every
-                # node when the snapshot has no status: they usually run everywhere).
-                where = self.active.get(rid, set()) if self.status is not None else set(self.nodes)
-                for primitive in element.iter("primitive"):
-                    reserve(primitive, where)
-        for name, (cpu, memory) in reserved.items():
+                self.collections.append(element)
+        return units, owner
+
+    def reserve_collections(self, bans: dict[str, dict[str, str]]) -> None:
+        """Clones and bundles are not VMs: every instance takes its utilization where it
+        runs, and where Pacemaker may start one (every available node the clone is not
+        banned from), unless the clone is stopped on purpose."""
+        for element in self.collections:
+            rid = element.get("id")
+            primitives = list(element.iter("primitive"))
+            where = set(self.active.get(rid, set()))
+            if self.meta(element).get("target-role", "Started").strip().lower() != "stopped":
+                banned = set(bans.get(rid, {})).union(*(bans.get(p.get("id"), {}) for p in primitives))
+                where |= {name for name, node in self.nodes.items() if not node.unavailable and name not in banned}
+            for primitive in primitives:
+                _require_id(primitive)
+                self.reserve(primitive, where)
+        for name, (cpu, memory) in self.reserved.items():
             if cpu or memory:
                 self.nodes[name] = replace(self.nodes[name], reserved=(cpu, memory))
-        return units, owner
 
     def vm_unit(self, element: etree._Element, primitives: list[etree._Element]) -> VM:
         rid = element.get("id")
@@ -340,6 +353,7 @@ class _Reader:
         for rsc, nodes in self.fail_bans().items():
             for node, why in nodes.items():
                 bans.setdefault(rsc, {}).setdefault(node, why)
+        self.reserve_collections(bans)
         together, apart, others = self.colocations(owner)
         members: dict[str, list[str]] = {}
         for rsc, unit in owner.items():

@@ -34,9 +34,9 @@ def left_out(plan: Plan) -> str:
     cpu, memory = plan.shortfall
     needs = [f"{cpu} more vCPUs" if cpu else "", f"{memory} more MiB of memory" if memory else ""]
     needs = [need for need in needs if need]
-    change = (f"needs {' and '.join(needs)}" if needs else
+    change = (f"to fit them the cluster needs {' and '.join(needs)}" if needs else
               "the free capacity would suffice in total but is split across nodes or on nodes they may not use")
-    return f"left out: {len(plan.failures)} of {plan.batch} VM(s); to fit them the cluster {change}"
+    return f"left out: {len(plan.failures)} of {plan.batch} VM(s); {change}"
 
 
 def bound(plan: Plan) -> str:
