@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     help="the migrations that improve the policy's measure most")
     rebalance.add_argument("--max-moves", type=int, default=5, metavar="K", help="at most K migrations (default 5)")
     rebalance.add_argument("--min-gain", type=float, default=0.01, metavar="G",
-                           help="stop when a move lowers imbalance by less than G (default 0.01)")
+                           help="stop when a move improves the policy's measure by less than G (default 0.01)")
     clear = commands.add_parser("clear", parents=[common], help="remove ravada-place constraints (all, or of the VMs named)")
     clear.add_argument("vms", nargs="*", metavar="VM")
     return parser
