@@ -14,7 +14,8 @@ VERSION   := $(shell sed -n 's/^version *= *//p' setup.cfg)
 
 AGENTS    := $(wildcard agents/*)
 ALERTS    := $(wildcard alerts/*)
-TEMPLATES := $(wildcard cib-templates/*.xml)
+# The lab's fencing snippet is test tooling, not a template to ship.
+TEMPLATES := $(filter-out cib-templates/lab-%,$(wildcard cib-templates/*.xml))
 COMMANDS  := $(wildcard tools/ravada-* tools/fence_*)
 PYPACKAGES:= lib/ocf_ravada $(wildcard placement/ravada_placement)
 # Installs a Python package directory under $(PYLIBDIR) (and prunes what an older one left).

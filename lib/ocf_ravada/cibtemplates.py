@@ -122,6 +122,8 @@ def load(path: Path) -> Template:
 
 def template_files(directory: Path | None = None) -> list[Path]:
     directory = directory or default_directory()
+    if not directory.is_dir():
+        raise TemplateError(f"no template directory {directory} (set RAVADA_CIB_TEMPLATES or use --templates)")
     result = []
     for path in sorted(directory.glob("*.xml")):
         head = path.read_bytes()[:4096]

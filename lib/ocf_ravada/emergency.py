@@ -226,18 +226,18 @@ class EmergencyShutdown:
         return lines
 
     def run(self) -> bool:
-        """The whole shutdown; True when every VM stopped before the deadline."""
+        """The whole shutdown; True when every VM stopped before the deadline.  A step that
+        fails is logged and the next one is still taken: the stack must go down regardless."""
         if not self.acquire():
             # NUT runs us on every node: each one at least takes its own node down once the
             # owner has stopped the VMs (a node already stopped just says so).
             self._stop_local_stack()
             return True
         started = time.monotonic()
-        pacemaker.set_option("op_defaults", "on-fail", "block", self.deadline)
-        self.log("op_defaults on-fail=block: a failed stop blocks, nothing is fenced")
-        _set_lock("state", "stopping-vms", self.deadline)
-        cib = pacemaker.query_cib(self.deadline)
-        classes, escalate_after = self.plan(cib)
+        self._step("op_defaults on-fail=block: a failed stop blocks, nothing is fenced",
+                   lambda: pacemaker.set_option("op_defaults", "on-fail", "block", self.deadline))
+        self._step("state: stopping-vms", lambda: _set_lock("state", "stopping-vms", self.deadline))
+        classes, escalate_after = self.plan(pacemaker.query_cib(self.deadline))
         escalate_at = started + escalate_after
         asked: set[str] = set()
         for vms in classes:
@@ -245,7 +245,7 @@ class EmergencyShutdown:
                 break
             self.log(f"stopping priority {vms[0].priority}: {', '.join(vm.id for vm in vms)}")
             for vm in vms:
-                self._stop(vm, force=False)
+                self._step(None, lambda vm=vm: self._stop(vm, force=False))
                 asked.add(vm.id)
             self._wait_stopped({vm.id for vm in vms}, escalate_at)
         all_vms = [vm for vms in classes for vm in vms]
@@ -254,18 +254,29 @@ class EmergencyShutdown:
         if left:
             self.log(f"escalating: forced stop of {', '.join(vm.id for vm in left)}")
             for vm in left:
-                self._stop(vm, force=True)
+                self._step(None, lambda vm=vm: self._stop(vm, force=True))
         end_of_vms = started + self.seconds - self.reserve
         still = self._wait_stopped({vm.id for vm in all_vms}, end_of_vms)
         if still:
             self.log(f"still running at the deadline: {', '.join(sorted(still))}")
         else:
             self.log("every VM is stopped")
-        pacemaker.set_option("crm_config", "stop-all-resources", "true", self.deadline)
-        self.log("stop-all-resources=true")
-        _set_lock("state", "stopping-stack", self.deadline)
-        self._stop_stack()
+        # From here on the stack goes down even when the deadline is spent.
+        self.deadline = Deadline(max(self.deadline.remaining(), 30.0))
+        self._step("stop-all-resources=true",
+                   lambda: pacemaker.set_option("crm_config", "stop-all-resources", "true", self.deadline))
+        self._step("state: stopping-stack", lambda: _set_lock("state", "stopping-stack", self.deadline))
+        self._step(None, self._stop_stack)
         return not still
+
+    def _step(self, done: str | None, action: Callable[[], None]) -> None:
+        try:
+            action()
+        except (pacemaker.PacemakerError, NodeCommandError) as err:
+            self.log(f"step failed, going on: {getattr(err, 'reason', err)}")
+            return
+        if done:
+            self.log(done)
 
     def _stop(self, vm: Vm, force: bool) -> None:
         cib = pacemaker.query_cib(self.deadline)
@@ -281,7 +292,11 @@ class EmergencyShutdown:
         pacemaker.set_meta(vm.id, "target-role", "Stopped", self.deadline)
 
     def _running(self, ids: set[str]) -> set[str]:
-        active = _active(pacemaker.cluster_status(self.deadline))
+        try:
+            active = _active(pacemaker.cluster_status(self.deadline))
+        except pacemaker.PacemakerError as err:
+            self.log(f"cannot read the cluster status: {err.reason}")
+            return set(ids)
         return {rsc for rsc in ids if active.get(rsc)}
 
     def _wait_stopped(self, ids: set[str], until: float) -> set[str]:
