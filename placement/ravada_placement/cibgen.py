@@ -13,7 +13,7 @@ from lxml import etree
 
 from .cib import BASE_ATTRIBUTE_PREFIX, BASE_META, USER_META
 from .model import Cluster, InputError
-from .pacemaker import run
+from .pacemaker import run, tool_xml
 
 VALIDATE_WITH = "pacemaker-3.0"
 # Resource ids are XML IDs (NCName), close enough.
@@ -77,4 +77,4 @@ def live_like_cib(cluster: Cluster, placement_strategy: str = "default") -> etre
                 argv += ["--op-inject", f"{vm.name}_start_0@{vm.node}=0",
                          "--op-inject", f"{vm.name}_monitor_0@{vm.node}=0"]
         run(argv)
-        return etree.fromstring(result.read_bytes())
+        return tool_xml(result.read_bytes(), "crm_simulate's output")

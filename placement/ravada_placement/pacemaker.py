@@ -8,11 +8,22 @@ from pathlib import Path
 
 from lxml import etree
 
+from .inputs import parse_xml
+from .model import InputError
+
 TIMEOUT = 120
 
 
 class PacemakerError(Exception):
     """A Pacemaker tool failed or refused a change."""
+
+
+def tool_xml(data: bytes, what: str) -> etree._Element:
+    """A tool's XML output, parsed like any input we did not write."""
+    try:
+        return parse_xml(data, what)
+    except InputError as err:
+        raise PacemakerError(str(err)) from None
 
 
 def run(argv: list[str], env: dict[str, str] | None = None, ok_codes: tuple[int, ...] = (0,)) -> str:
@@ -43,7 +54,7 @@ def status_of(cib: etree._Element) -> etree._Element:
         path = Path(tmp) / "cib.xml"
         write_cib(cib, path)
         out = run(["crm_mon", "--output-as=xml", "--one-shot", "--inactive"], env={"CIB_file": str(path)})
-    return etree.fromstring(out.encode())
+    return tool_xml(out.encode(), "crm_mon's output")
 
 
 def verify(cib: etree._Element) -> tuple[bool, str]:
@@ -68,7 +79,7 @@ def simulate(cib: etree._Element, nodes_up: list[str]) -> dict[str, str | None]:
         for node in nodes_up:
             argv += ["--node-up", node]
         run(argv)
-        graph = etree.parse(str(graph_path)).getroot()
+        graph = tool_xml(graph_path.read_bytes(), "crm_simulate's transition graph")
     current = resource_locations(status_of(cib)) if cib.find("status/node_state") is not None else {}
     return placements_after(graph, current)
 
@@ -143,7 +154,7 @@ def apply(old: etree._Element, new: etree._Element) -> None:
         # The digest pins the whole result, status included: cibadmin would then refuse the
         # patch whenever anything else changed (and always on a CIB_file); our deletions and
         # additions are what must apply, and the caller checked the configuration version.
-        diff = etree.fromstring(patch.encode(), etree.XMLParser(resolve_entities=False, no_network=True))
+        diff = tool_xml(patch.encode(), "crm_diff's patch")
         diff.attrib.pop("digest", None)
         patch_path.write_bytes(etree.tostring(diff))
         run(["cibadmin", "--patch", "--xml-file", str(patch_path)])
