@@ -181,9 +181,11 @@ def test_emergency_shutdown_from_nut_with_a_racing_second_invocation(ops_cleanup
     # Exactly one invocation did the work.
     assert ("already run by" in log) != ("already run by" in second)
 
-    lab.cli("on", nodes[0], check=False)
+    # Power returns: the lab restarts each node's daemons (never systemctl inside a lab node:
+    # it would reach the host's systemd).
     for node in nodes:
-        sh(lab, node, "pcs cluster start", check=False)
+        lab.cli("kill", node, check=False)
+        lab.cli("on", node)
     lab.wait(lambda v: v.online == set(nodes), "the cluster back")
     assert {n: len(lab.fence_events(n)) for n in nodes} == fenced_before, "nothing may be fenced"
     view = lab.view()
@@ -204,9 +206,13 @@ def test_alert_agent_fires_on_a_real_fencing(settled_lab: Lab):
                      f"> {hooks}/10-record; chmod 755 {hooks}/10-record; touch {log}; "
                      f"chown hacluster {log} {lab.layout.shared_dir}; rm -f {record}")
     sh(lab, witness, f"ravada-cib render alert hooks_dir={hooks} recipient={log} --apply")
+    fenced_before = len(lab.fence_events(victim))
     try:
         lab.cli("kill", victim)          # a power cut: Pacemaker fences the node
-        lab.wait(lambda v: victim not in v.unclean and victim not in v.online, f"{victim} fenced")
+        deadline = time.monotonic() + 120
+        while len(lab.fence_events(victim)) == fenced_before:
+            assert time.monotonic() < deadline, f"{victim} was not fenced"
+            time.sleep(1)
         deadline = time.monotonic() + 60
         text = ""
         while time.monotonic() < deadline:
