@@ -311,8 +311,8 @@ def place_batch(make_state: Callable[[], PlacementState], policy: Policy, vms: l
             tried = []      # those orders ignore priority: only a complete one could stand
         tried.append(_most_placed(make_state, policy, vms, kind, explain, drained))
     if tried:
-        # The first that places most (a complete plan ends the list).
-        plan, final = max(tried, key=lambda pair: len(pair[0].moves)) if not tried[-1][0].complete else tried[-1]
+        # A complete plan ends the list; otherwise the first of those placing most.
+        plan, final = max(tried, key=lambda pair: len(pair[0].moves))
     for vm in vms:
         if plan.failures.get(vm.name) == "":
             plan.failures[vm.name] = _why_unplaceable(final, vm, policy)
