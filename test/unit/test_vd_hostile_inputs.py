@@ -8,6 +8,7 @@ exactly one exit reason when it failed, no traceback, and inside its timeout.
 import itertools
 import os
 import random
+import stat
 import subprocess
 import sys
 import time
@@ -154,6 +155,22 @@ def test_saved_definition_with_a_password_is_written_0600(hv, env, tmp_path):
     assert act("stop", env, **extra) == Rc.SUCCESS
     assert "s3cret" in config.read_text() and "<uuid>" in config.read_text()   # it was rewritten
     assert oct(os.stat(config).st_mode & 0o777) == oct(0o600)
+
+
+def test_save_config_on_stop_leaves_a_config_that_is_no_longer_a_file_alone(hv, env, tmp_path):
+    config = tmp_path / "vm.xml"
+    config.write_text(XML.format(name="savevm"))
+    extra = {"OCF_RESKEY_config": str(config), "OCF_RESKEY_domain": "savevm",
+             "OCF_RESKEY_save_config_on_stop": "true"}
+    assert act("start", env, **extra) == Rc.SUCCESS
+    config.unlink()
+    os.mkfifo(config)
+    started = time.monotonic()
+    assert act("stop", env, **extra) == Rc.SUCCESS
+    assert time.monotonic() - started < 5
+    assert stat.S_ISFIFO(os.lstat(config).st_mode)
+    with pytest.raises(libvirt.libvirtError):
+        hv.lookupByName("savevm")
 
 
 # -- fuzz: the real agent script over generated hostile inputs ----------------------------------

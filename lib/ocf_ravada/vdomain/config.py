@@ -33,9 +33,10 @@ class ConfigUnreadable(Exception):
     """The config cannot be used; `rc` is the OCF code for actions that need it: 5 when it is
     missing or its storage does not answer, 6 when it is the wrong kind of file."""
 
-    def __init__(self, reason: str, rc: Rc = Rc.ERR_INSTALLED) -> None:
+    def __init__(self, reason: str, rc: Rc = Rc.ERR_INSTALLED, missing: bool = False) -> None:
         super().__init__(reason)
         self.rc = rc
+        self.missing = missing  # it does not exist (rather than cannot be read)
 
 
 def _read(path: str) -> str:
@@ -43,7 +44,7 @@ def _read(path: str) -> str:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except FileNotFoundError:
-        raise ConfigUnreadable(f"config file {path} does not exist") from None
+        raise ConfigUnreadable(f"config file {path} does not exist", missing=True) from None
     except OSError as err:
         raise ConfigUnreadable(f"config file {path} cannot be read: {err.strerror}") from None
     try:

@@ -9,11 +9,15 @@ import tempfile
 
 import libvirt
 
-from ..deadline import Deadline
+from .. import bounded
+from ..deadline import Deadline, DeadlineExceeded
 from ..log import Log
 from ..ocf import OcfError, Rc
 from ..virt.connection import Hypervisor
 from .config import ConfigUnreadable, read_text
+
+# Longest wait for writing the saved definition.
+WRITE_LIMIT = 10.0
 
 
 def save_config(hv: Hypervisor, dom: libvirt.virDomain, path: str, sync: bool,
@@ -24,7 +28,11 @@ def save_config(hv: Hypervisor, dom: libvirt.virDomain, path: str, sync: bool,
     xml = hv.call("reading the domain definition", dom.XMLDesc, flags, limit=10)
     try:
         current = read_text(path, deadline)
-    except ConfigUnreadable:
+    except ConfigUnreadable as err:
+        if not err.missing:
+            # Not a regular file, or its storage does not answer: leave it alone.
+            log.warning(f"not saving the domain definition: {err}")
+            return
         current = None
     if xml == current:
         return
@@ -35,22 +43,11 @@ def save_config(hv: Hypervisor, dom: libvirt.virDomain, path: str, sync: bool,
     except domxml.DomainXmlError as err:
         log.warning(f"not saving the domain definition to {path}: {err}")
         return
-    directory = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".ravada-save-")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(xml)
-        if current is not None:
-            if not secret:
-                shutil.copymode(path, tmp)   # mkstemp made it 0600
-            st = os.stat(path)
-            os.chown(tmp, st.st_uid, st.st_gid)
-        os.replace(tmp, path)
-    except OSError as err:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        # Bounded: a stop must not hang on the config's storage (it would end in fencing).
+        bounded.call(f"saving {path}", deadline.bounded(WRITE_LIMIT), _replace, path, xml,
+                     current is not None, secret)
+    except (OSError, DeadlineExceeded) as err:
         log.warning(f"could not save the domain definition to {path}: {err}")
         return
     log.info(f"saved the changed domain definition to {path}")
@@ -60,6 +57,26 @@ def save_config(hv: Hypervisor, dom: libvirt.virDomain, path: str, sync: bool,
                            timeout=max(0.1, deadline.bounded(30)))
         except (OSError, subprocess.SubprocessError) as err:
             log.warning(f"csync2 -x {path} failed: {err}")
+
+
+def _replace(path: str, text: str, existed: bool, secret: bool) -> None:
+    """Atomically replace `path` by `text`, keeping its owner and (unless `secret`) its mode."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".ravada-save-")  # 0600
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        if existed:
+            if not secret:
+                shutil.copymode(path, tmp)
+            st = os.stat(path)
+            os.chown(tmp, st.st_uid, st.st_gid)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def overlay_path(config: str) -> str:
