@@ -48,6 +48,7 @@ class Plan:
     batch: int = 0                  # VMs asked for
     bound: int | None = None        # at most this many of them can be placed (capacity bound)
     shortfall: tuple[int, int] = (0, 0)     # (vCPUs, MiB) the cluster lacks for the left-out VMs
+    smallest_left: tuple[int, int] | None = None    # (vCPUs, MiB) of the smallest VM left out
     notes: list[str] = field(default_factory=list)
     resources: dict[str, tuple[str, ...]] = field(default_factory=dict)   # unit -> its resources
 
@@ -324,6 +325,8 @@ def place_batch(make_state: Callable[[], PlacementState], policy: Policy, vms: l
         free_cpu, free_memory = _free(final)
         plan.shortfall = (max(0, int(sum(vm.cpu for vm in left) - free_cpu)) if policy.check_cpu else 0,
                           max(0, int(sum(vm.memory for vm in left) - free_memory)))
+        smallest = min(left, key=lambda vm: (vm.memory, vm.cpu, vm.name))
+        plan.smallest_left = (smallest.cpu, smallest.memory)
     return plan
 
 

@@ -34,8 +34,12 @@ def left_out(plan: Plan) -> str:
     cpu, memory = plan.shortfall
     needs = [f"{cpu} more vCPUs" if cpu else "", f"{memory} more MiB of memory" if memory else ""]
     needs = [need for need in needs if need]
-    change = (f"to fit them the cluster needs {' and '.join(needs)}" if needs else
-              "the free capacity would suffice in total but is split across nodes or on nodes they may not use")
+    if needs:
+        change = f"to fit them the cluster needs {' and '.join(needs)}"
+    else:
+        cpu, memory = plan.smallest_left or (0, 0)
+        change = ("the free capacity would suffice in total but is split across nodes or on nodes they may "
+                  f"not use: the smallest needs one node with {cpu} vCPUs and {memory} MiB free")
     return f"left out: {len(plan.failures)} of {plan.batch} VM(s); {change}"
 
 
