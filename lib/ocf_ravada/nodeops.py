@@ -84,6 +84,12 @@ def _failure(status: etree._Element, resource: str) -> str | None:
     return None
 
 
+def _failed(status: etree._Element, resource: str) -> bool:
+    """crm_mon marks the resource FAILED (a failed start or migration shows it active there)."""
+    return any(r.get("failed") == "true" for r in status.iter("resource")
+               if r.get("id", "").split(":", 1)[0] == resource)
+
+
 def plan_drain(node: str, deadline: Deadline, policy: str = "balanced"):
     from ravada_placement.model import InputError
     from ravada_placement.plan import plan_drain as planner
@@ -154,7 +160,7 @@ def _wait_moved(node: str, targets: dict[str, str | None], deadline: Deadline, r
                 if not where:
                     report.stopped.append(rsc)
                     pending.pop(rsc)
-            elif where and node not in where:
+            elif where and node not in where and not _failed(status, rsc):
                 report.moved[rsc] = ", ".join(sorted(where))
                 log(f"{rsc}: now on {report.moved[rsc]}")
                 # Arrived: only the ban should stay, not a pin to the target.
@@ -167,7 +173,8 @@ def _wait_moved(node: str, targets: dict[str, str | None], deadline: Deadline, r
     for rsc, target in pending.items():
         failure = _failure(status, rsc) if status is not None else None
         where = ", ".join(sorted(_active(status).get(rsc, set()))) if status is not None else "?"
-        what = "not stopped" if target is None else f"still on {where or 'no node'}"
+        state = "FAILED on" if status is not None and _failed(status, rsc) else "still on"
+        what = "not stopped" if target is None else f"{state} {where or 'no node'}"
         report.not_moved[rsc] = f"{what} when time ran out" + (f"; {failure}" if failure else "")
 
 

@@ -73,6 +73,22 @@ def test_drain_live_migrates_every_vm_off_and_undrain_lets_them_back(cluster):
     assert not cib.xpath("//nvpair[@name='ravada-drained']")
 
 
+def test_drain_reports_a_vm_that_could_not_move_and_why(cluster):
+    """Its live migration fails and so does every start elsewhere (failures injected into
+    each simulated transition): reported as not moved, with Pacemaker's failure."""
+    node = busiest(cluster)
+    vm = next(vm for vm, nodes in cluster.where().items() if node in nodes and vm.startswith("vm"))
+    fails = [f"--op-fail {vm}_migrate_to_0@{node}=1"]
+    for other in cluster.nodes:
+        if other != node:
+            fails += [f"--op-fail {vm}_migrate_from_0@{other}=1", f"--op-fail {vm}_start_0@{other}=1"]
+    report = nodeops.drain(node, Deadline(8), log=lambda _l: None, tick=lambda: cluster.settle(*fails))
+    assert not report.complete
+    assert vm in report.not_moved and vm not in report.moved
+    assert "failed" in report.not_moved[vm], report.not_moved
+    assert f"{vm}: NOT moved" in "\n".join(report.lines())
+
+
 def test_drain_refuses_when_a_vm_has_nowhere_to_go(cluster):
     # Two fillers take most of two nodes; big then fits only on the third.
     cluster.add_vm("filler1", memory=9000)
