@@ -386,6 +386,8 @@ class _Reader:
         cluster = Cluster(dict(self.nodes), {})
         for vm in _merge(result, together, apart, self.nodes):
             cluster.vms[vm.name] = vm
+            for rsc in vm.resources:
+                cluster.aliases.update({member: vm.name for member in members.get(rsc, [rsc])})
         cluster.validate()
         return cluster
 

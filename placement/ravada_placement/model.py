@@ -56,6 +56,8 @@ class VM:
 class Cluster:
     nodes: dict[str, Node] = field(default_factory=dict)   # in CIB / file order
     vms: dict[str, VM] = field(default_factory=dict)
+    # Resource id -> the unit it is planned in, for members of a group or a colocated unit.
+    aliases: dict[str, str] = field(default_factory=dict)
 
     def validate(self) -> None:
         for node in self.nodes.values():
@@ -72,7 +74,7 @@ class Cluster:
         """The planning unit a resource (a VM, a group or a group member) belongs to."""
         if resource in self.vms:
             return resource
-        return next((vm.name for vm in self.vms.values() if resource in vm.resources), None)
+        return self.aliases.get(resource)
 
 
 _INTEGER = re.compile(r"[+-]?[0-9]{1,18}")

@@ -66,6 +66,12 @@ def test_a_group_is_placed_as_one_unit_with_the_sum_of_its_members(tmp_path):
     assert simulated(out) == {"g-disk": "n2", "g-vm": "n2"}
     xml = run_tool("place", "--cib", str(tmp_path / "cib.xml"), "--format", "xml", check=True).stdout
     assert [el.get("rsc") for el in etree.fromstring(xml)] == ["desk"]
+    # A member's name stands for its group.
+    assert run_tool("place", "g-vm", "--cib", str(tmp_path / "cib.xml"), check=True).stdout == "desk: n2\n"
+    placed = tmp_path / "placed.xml"
+    run_tool("place", "--cib", str(tmp_path / "cib.xml"), "--write-cib", str(placed), check=True)
+    cleared = run_tool("clear", "g-disk", "--cib", str(placed), "--format", "pcs", check=True).stdout
+    assert cleared == "pcs constraint delete ravada-place-desk\n"
 
 
 def test_clone_utilization_is_reserved_on_its_nodes(tmp_path):
