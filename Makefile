@@ -69,6 +69,7 @@ bench:
 	bench/monitor
 	bench/placement
 	bench/rbd-failover
+	bench/backup
 	bench/failover
 
 clean:
