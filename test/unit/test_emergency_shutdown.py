@@ -170,3 +170,22 @@ def test_usage_errors(argv):
     done = subprocess.run(["/usr/bin/python3", TOOL, *argv], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_failing_step_is_logged_and_the_stack_still_goes_down(cluster, recorder, monkeypatch):
+    """One VM's change refused by Pacemaker: the others still stop and the stack goes down."""
+    real_set_meta = pacemaker.set_meta
+
+    def set_meta(resource, name, value, deadline, **kw):
+        if resource == "mid" and name == "target-role":
+            raise pacemaker.ToolFailed("crm_resource failed: refused", 1, "refused")
+        return real_set_meta(resource, name, value, deadline, **kw)
+
+    monkeypatch.setattr(pacemaker, "set_meta", set_meta)
+    lines = []
+    job = emergency.EmergencyShutdown(40, recorder[0], lines.append, tick=cluster.settle)
+    assert not job.run()                        # mid never stopped: reported, exit 3 in the command
+    assert any("step failed, going on: crm_resource failed: refused" in line for line in lines)
+    assert any(line.startswith("still running at the deadline: mid") for line in lines)
+    assert set(cluster.where()) & {"low", "high", "high2"} == set()
+    assert "node1 pacemakerd --shutdown" in recorder[1].read_text()

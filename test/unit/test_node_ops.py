@@ -191,3 +191,24 @@ def test_wake_without_a_recorded_mac_says_how_to_set_it(cluster):
     done = run_tool(cluster, "wake", "node2", "--timeout", "10")
     assert done.returncode == 1
     assert "ravada-mac" in done.stderr and "crm_attribute" in done.stderr
+
+
+def test_node_shell_runs_locally_or_through_the_template_and_refuses_odd_names(tmp_path):
+    from ocf_ravada.nodeshell import NodeCommandError, NodeShell
+    shell = NodeShell("node1", "ssh -o BatchMode=yes {node}", "ipmitool -H {node}-bmc chassis power off")
+    assert shell.argv("node1", ["pacemakerd", "--shutdown"]) == ["pacemakerd", "--shutdown"]
+    assert shell.argv("node2", ["corosync-cfgtool", "-H"]) == ["ssh", "-o", "BatchMode=yes", "node2",
+                                                               "corosync-cfgtool", "-H"]
+    for bad in ("-oProxyCommand=x", "node2;reboot", "", "a b"):
+        with pytest.raises(NodeCommandError, match="not a host name"):
+            shell.argv(bad, ["true"])
+    # The power-off template runs as given, with the node filled in, never through a shell.
+    record = tmp_path / "argv"
+    script = tmp_path / "record"
+    script.write_text(f'#!/bin/sh\necho "$@" > {record}\n')
+    script.chmod(0o755)
+    NodeShell("node1", poweroff=f"{script} --host {{node}}-bmc off").power_off("node3", 10)
+    assert record.read_text().strip() == "--host node3-bmc off"
+    failing = NodeShell("node1", shell="false {node}")
+    with pytest.raises(NodeCommandError, match="failed"):
+        failing.run("node2", ["true"], 10)
