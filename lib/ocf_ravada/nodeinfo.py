@@ -271,12 +271,17 @@ def _measurement(psutil, memory, storage: dict[str, Storage | None], domains: in
                        domains=domains, domain_vcpus=vcpus, domain_memory_mib=domain_memory)
 
 
-def _path_space(path: str, deadline: Deadline, log: Log) -> Storage | None:
+def _disk_usage(path: str):
     if not os.path.isdir(path):
-        log.warning(f"storage path {path} does not exist")
-        return None
+        raise FileNotFoundError(f"storage path {path} is not a directory")
+    return shutil.disk_usage(path)
+
+
+def _path_space(path: str, deadline: Deadline, log: Log) -> Storage | None:
+    # Both the directory check and statvfs wait on the storage: a hung NFS mount must
+    # cost at most STATVFS_LIMIT.
     try:
-        usage = bounded.call(f"statvfs {path}", deadline.bounded(STATVFS_LIMIT), shutil.disk_usage, path)
+        usage = bounded.call(f"statvfs {path}", deadline.bounded(STATVFS_LIMIT), _disk_usage, path)
     except (OSError, DeadlineExceeded) as err:
         log.warning(f"storage path {path} unreadable: {err}")
         return None

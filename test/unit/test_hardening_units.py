@@ -277,3 +277,11 @@ def test_monitor_script_with_binary_output_fails_with_a_reason(tmp_path):
 @pytest.mark.parametrize("raw", ["-5", "0", "inf"])
 def test_a_nonsense_operation_timeout_falls_back_to_the_default(raw):
     assert Environment({"OCF_RESKEY_CRM_meta_timeout": raw}).timeout_ms is None
+
+
+@pytest.mark.parametrize("reply, ok", [('{"return": {}}', True), ("not json", False), ("[1]", False),
+                                       ("5", False), ("[" * 100000, False), (None, False)])
+def test_guest_agent_replies_are_untrusted(reply, ok):
+    from ocf_ravada.vdomain import checks
+
+    assert checks.ping_answered(reply) is ok

@@ -26,9 +26,18 @@ def guest_agent_ping(hv: Hypervisor, dom: libvirt.virDomain, name: str, deadline
                         dom, json.dumps({"execute": "guest-ping"}), timeout, 0, limit=timeout + 1)
     except VirtError as err:
         raise OcfError(Rc.ERR_GENERIC, f"guest agent of {name} does not answer: {err.reason}") from None
-    if "return" not in json.loads(reply or "{}"):
-        raise OcfError(Rc.ERR_GENERIC, f"guest agent of {name} gave an unexpected answer: {reply}")
+    if not ping_answered(reply):
+        raise OcfError(Rc.ERR_GENERIC, f"guest agent of {name} gave an unexpected answer: {reply!r:.80}")
     return True
+
+
+def ping_answered(reply: str | None) -> bool:
+    """The reply comes from inside the guest: only a JSON object with "return" counts."""
+    try:
+        answer = json.loads(reply or "{}")
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(answer, dict) and "return" in answer
 
 
 def run_scripts(scripts: str, name: str, per_script: int, deadline: Deadline) -> None:
