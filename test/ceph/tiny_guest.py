@@ -195,8 +195,8 @@ def domain_xml(name: str, files: GuestFiles, disks_xml: list[str], console: Path
     return etree.tostring(root, pretty_print=True).decode()
 
 
-def rbd_disk(ceph, spec: str, secret_uuid: str, user: str) -> str:
-    """<disk> XML of RBD image `spec` as the guest's vda (QEMU's librbd, cephx `user`)."""
+def rbd_disk(ceph, spec: str, secret_uuid: str, user: str, dev: str = "vda") -> str:
+    """<disk> XML of RBD image `spec` as the guest's `dev` (QEMU's librbd, cephx `user`)."""
     disk = etree.Element("disk", type="network", device="disk")
     etree.SubElement(disk, "driver", name="qemu", type="raw", cache="none")
     source = etree.SubElement(disk, "source", protocol="rbd", name=spec)
@@ -204,7 +204,7 @@ def rbd_disk(ceph, spec: str, secret_uuid: str, user: str) -> str:
     etree.SubElement(source, "config", file=str(ceph.conf))
     auth = etree.SubElement(disk, "auth", username=user)
     etree.SubElement(auth, "secret", type="ceph", uuid=secret_uuid)
-    etree.SubElement(disk, "target", dev="vda", bus="virtio")
+    etree.SubElement(disk, "target", dev=dev, bus="virtio")
     return etree.tostring(disk).decode()
 
 
@@ -244,13 +244,16 @@ class Guest:
     """A running tiny guest on a LibvirtNode, its disk an RBD image."""
 
     def __init__(self, node, ceph, files: GuestFiles, workdir: Path, name: str, image: str,
-                 secret_uuid: str, user: str, cmdline_extra: str = "") -> None:
+                 secret_uuid: str, user: str, cmdline_extra: str = "",
+                 extra_images: tuple[str, ...] = ()) -> None:
+        """`image` gets the file system (vda); `extra_images` are further disks (vdb, ...)."""
         self.node, self.name, self.image = node, name, image
         self.console = workdir / f"{name}.console"
         copy_to_image(ceph, image, files.filesystem)
         self.conn = node.connect()
-        xml = domain_xml(name, files, [rbd_disk(ceph, image, secret_uuid, user)], self.console,
-                         cmdline_extra)
+        disks = [rbd_disk(ceph, spec, secret_uuid, user, dev=f"vd{chr(ord('a') + i)}")
+                 for i, spec in enumerate((image, *extra_images))]
+        xml = domain_xml(name, files, disks, self.console, cmdline_extra)
         self.domain = self.conn.createXML(xml, 0)
 
     def console_text(self) -> str:

@@ -80,7 +80,6 @@ def snapshot_vm(vm: Vm, snapshots: Snapshots, name: str, deadline: Deadline,
     except VirtError as err:
         raise SnapshotFailed(f"{vm.name} is frozen and could not be thawed: {err.reason}") from None
     began = time.monotonic()
-    thaw_deadline = deadline
     try:
         try:
             agent.freeze(min(freeze_limit, deadline.remaining() - THAW_RESERVE))
@@ -90,7 +89,7 @@ def snapshot_vm(vm: Vm, snapshots: Snapshots, name: str, deadline: Deadline,
     finally:
         with signals_held():
             try:
-                agent.thaw(thaw_deadline)
+                agent.thaw(deadline)
                 still = agent.frozen()
             except VirtError as err:
                 raise SnapshotFailed(f"{vm.name} MAY BE LEFT FROZEN: {err.reason}; run "
