@@ -414,4 +414,9 @@ def plan_rebalance(cluster: Cluster, limits: Limits, max_moves: int, min_gain: f
         plan.moves.append(Move(vm.name, vm.node, best[2], -best[0]))
     plan.imbalance_after = policy.objective(state)
     plan.resources = {vm.name: vm.resources for vm in cluster.vms.values() if vm.resources != (vm.name,)}
+    emptied = [node for node in state.usable if state.loads[node].vms == 0
+               and any(vm.node == node for vm in cluster.vms.values())]
+    if emptied:
+        plan.notes.append(f"no VM left on {', '.join(emptied)} after these moves (ravada-node shutdown can "
+                          "power them off)")
     return plan

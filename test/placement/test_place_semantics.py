@@ -202,6 +202,7 @@ def test_rebalance_works_for_every_policy(tmp_path, policy):
         # Consolidates: the lone VMs join the busy node, so n2 and n3 can be shut down.
         assert sorted(line.split(":")[0] for line in moves) == ["b1", "c1"]
         assert all(line.split()[3] == "n1" for line in moves), out
+        assert "no VM left on n2, n3 after these moves" in out
     else:
         assert moves and all(line.split()[1] == "n1" for line in moves), out
 
