@@ -20,8 +20,10 @@ from dataclasses import replace
 from lxml import etree
 
 from . import pacemaker, rules
-from .inputs import CIB_LIMIT, DOMAIN_LIMIT, parse_xml, read_regular_file
+from .domain import domain_size
+from .inputs import CIB_LIMIT, parse_xml, read_regular_file
 from .model import SCORE_INFINITY, VM, Cluster, InputError, Node, parse_score, require_int
+from .units import merge_colocated
 
 BASE_ATTRIBUTE_PREFIX = "ravada-base-"
 USER_META = "ravada-user"
@@ -32,12 +34,6 @@ BASE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 VM_AGENT_TYPES = {"VirtualDomain"}
 COLLECTIONS = ("clone", "master", "bundle")
 FAIL_COUNT = re.compile(r"^fail-count-(.+?)(?::[0-9]+)?(?:#.*)?$")
-
-# libvirt's memory units in bytes (libvirt rounds the result up to whole KiB).
-MEMORY_UNITS_BYTES = {"b": 1, "bytes": 1, "kb": 1000, "k": 1024, "kib": 1024, "mb": 1000 ** 2,
-                      "m": 1024 ** 2, "mib": 1024 ** 2, "gb": 1000 ** 3, "g": 1024 ** 3, "gib": 1024 ** 3,
-                      "tb": 1000 ** 4, "t": 1024 ** 4, "tib": 1024 ** 4}
-
 
 def parse_cib(data: bytes, origin: str) -> etree._Element:
     root = parse_xml(data, origin)
@@ -137,7 +133,8 @@ class _Reader:
         name = _require_id(primitive)
         utilization = _nvpairs(primitive, "utilization")
         if as_vm and ("cpu" not in utilization or "hv_memory" not in utilization):
-            vcpus, memory = _domain_size(primitive)
+            config = _nvpairs(primitive, "instance_attributes").get("config")
+            vcpus, memory = domain_size(name, config)
             utilization = {"cpu": str(vcpus), "hv_memory": str(memory)} | utilization
         return (require_int(utilization.get("cpu", "0"), f"resource {name} utilization cpu"),
                 require_int(utilization.get("hv_memory", "0"), f"resource {name} utilization hv_memory"))
@@ -384,91 +381,12 @@ class _Reader:
             result.append(replace(vm, banned=frozenset(why), why_banned=tuple(sorted(why.items())),
                                   allowed=frozenset(allowed) if allowed is not None else None))
         cluster = Cluster(dict(self.nodes), {})
-        for vm in _merge(result, together, apart, self.nodes):
+        for vm in merge_colocated(result, together, apart, self.nodes):
             cluster.vms[vm.name] = vm
             for rsc in vm.resources:
                 cluster.aliases.update({member: vm.name for member in members.get(rsc, [rsc])})
         cluster.validate()
         return cluster
-
-
-def _merge(units: list[VM], together: list[tuple[str, str]], apart: list[tuple[str, str]],
-           nodes: dict[str, Node]) -> list[VM]:
-    """VM units bound by mandatory colocations become one unit (running ones together on one
-    node form one running unit, and pin the stopped ones to that node); -INFINITY pairs keep
-    apart."""
-    order = {vm.name: i for i, vm in enumerate(units)}
-    parent = {vm.name: vm.name for vm in units}
-
-    def root(name: str) -> str:
-        while parent[name] != name:
-            parent[name] = parent[parent[name]]
-            name = parent[name]
-        return name
-
-    for a, b in together:
-        ra, rb = root(a), root(b)
-        if ra != rb:
-            parent[max(ra, rb, key=order.get)] = min(ra, rb, key=order.get)
-    components: dict[str, list[VM]] = {}
-    for vm in units:
-        components.setdefault(root(vm.name), []).append(vm)
-    merged: list[VM] = []
-    renamed: dict[str, str] = {}
-    for group in components.values():
-        running = [vm for vm in group if vm.node]
-        stopped = [vm for vm in group if not vm.node]
-        if len(group) == 1:
-            merged.extend(group)
-            continue
-        if len({vm.node for vm in running}) == 1:
-            # Running together: they move together (rebalance, drain).
-            unit = _joined(running, nodes, node=running[0].node)
-            renamed.update({vm.name: unit.name for vm in running})
-            merged.append(unit)
-        else:
-            merged.extend(running)
-        if not stopped:
-            continue
-        # Stopped ones join the running ones' node.
-        unit = _joined(stopped, nodes, allowed={vm.node for vm in running} if running else None)
-        for vm in stopped:
-            renamed[vm.name] = unit.name
-        merged.append(unit)
-    apart_of: dict[str, set[str]] = {}
-    for a, b in apart:
-        a, b = renamed.get(a, a), renamed.get(b, b)
-        apart_of.setdefault(a, set()).add(b)
-        apart_of.setdefault(b, set()).add(a)
-    return [replace(vm, apart=frozenset(apart_of[vm.name])) if vm.name in apart_of else vm for vm in merged]
-
-
-def _joined(vms: list[VM], nodes: dict[str, Node], node: str | None = None,
-            allowed: set[str] | None = None) -> VM:
-    """VMs bound by mandatory colocations as one unit: sizes summed, every ban and base kept."""
-    if len(vms) == 1 and allowed is None:
-        return vms[0]
-    for vm in vms:
-        if vm.allowed is not None:
-            allowed = set(vm.allowed) if allowed is None else allowed & vm.allowed
-    why: dict[str, str] = {}
-    for vm in vms:
-        for name, reason in vm.why_banned:
-            why.setdefault(name, f"{reason} (for {vm.name})")
-    bases = [vm.base for vm in vms if vm.base]
-    for base in dict.fromkeys(bases[1:]):
-        for other in nodes.values():
-            if base not in other.bases:
-                why.setdefault(other.name, f"base {base!r} of a colocated VM not present")
-    return VM(name="+".join(vm.name for vm in vms),
-              cpu=sum(vm.cpu for vm in vms), memory=sum(vm.memory for vm in vms),
-              user=next((vm.user for vm in vms if vm.user), None),
-              base=bases[0] if bases else None, node=node,
-              banned=frozenset(why), why_banned=tuple(sorted(why.items())),
-              priority=max(vm.priority for vm in vms),
-              members=tuple(rsc for vm in vms for rsc in vm.resources),
-              allowed=frozenset(allowed) if allowed is not None else None,
-              stickiness=min(sum(vm.stickiness for vm in vms), SCORE_INFINITY))
 
 
 def _saturated(text: str, where: str, signed: bool = False) -> int:
@@ -500,30 +418,6 @@ def _drained_nodes(cib: etree._Element) -> set[str]:
     return {loc.get("node") for loc in cib.iterfind("configuration/constraints/rsc_location")
             if loc.get("id", "").startswith(CONSTRAINT_PREFIX) and "-avoid-" in loc.get("id", "")
             and loc.get("score", "").strip().lower() in ("-infinity", "-inf") and loc.get("node")}
-
-
-def _domain_size(primitive: etree._Element) -> tuple[int, int]:
-    """(vCPUs, MiB) from the libvirt domain XML named by the agent's `config` parameter,
-    counted as the VM agent publishes them: the current vCPUs (1 when <vcpu> is absent, as
-    libvirt defaults) and <memory> in whole MiB, rounded down."""
-    name = primitive.get("id")
-    config = _nvpairs(primitive, "instance_attributes").get("config")
-    if not config:
-        raise InputError(f"VM {name}: no utilization cpu/hv_memory and no config parameter to read them from")
-    domain = parse_xml(read_regular_file(config, DOMAIN_LIMIT), f"VM {name}: domain XML {config}")
-    vcpu_el, memory_el = domain.find("vcpu"), domain.find("memory")
-    if memory_el is None:
-        raise InputError(f"VM {name}: domain XML {config} lacks <memory>")
-    vcpus = 1
-    if vcpu_el is not None:
-        text = vcpu_el.get("current") or (vcpu_el.text or "").strip()
-        vcpus = require_int(text, f"VM {name} domain vcpu", maximum=16384)
-    unit = memory_el.get("unit", "KiB").strip().lower()
-    if unit not in MEMORY_UNITS_BYTES:
-        raise InputError(f"VM {name}: unknown memory unit {unit!r} in {config}")
-    amount = require_int((memory_el.text or "").strip(), f"VM {name} domain memory")
-    kib = -(-amount * MEMORY_UNITS_BYTES[unit] // 1024)
-    return vcpus, kib // 1024
 
 
 def cluster_from_cib(cib: etree._Element, status: etree._Element | None) -> Cluster:
