@@ -285,3 +285,25 @@ def test_guest_agent_replies_are_untrusted(reply, ok):
     from ocf_ravada.vdomain import checks
 
     assert checks.ping_answered(reply) is ok
+
+
+@pytest.mark.parametrize("param, value", [
+    ("cpu_ratio", "inf"), ("cpu_ratio", "nan"), ("cpu_ratio", "1e400"), ("reserve_cpus", "1_0"),
+    ("reserve_memory", "9" * 40), ("storage_full_percent", "nan"), ("change_threshold", "\u0663"),
+    ("storage_paths", "/dev/zero /proc/self/fd/0"), ("storage_paths", "relative"),
+    ("hypervisor", b"\xff".decode("utf-8", "surrogateescape")), ("storage_pools", "perhaps"),
+])
+def test_nodeinfo_over_hostile_parameters_ends_cleanly(tmp_path, param, value):
+    agent = os.path.join(REPO, "agents", "nodeinfo")
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "OCF_RESOURCE_INSTANCE": "ni",
+           "HA_RSCTMP": str(tmp_path / "rsc"), "HA_LOGFILE": str(tmp_path / "ha.log"),
+           "OCF_RESKEY_hypervisor": "test:///default", "OCF_RESKEY_CRM_meta_timeout": "8000",
+           f"OCF_RESKEY_{param}": value}
+    encoded = {k.encode(): v.encode("utf-8", "surrogateescape") for k, v in env.items()}
+    for action in ("validate-all", "start", "monitor", "stop"):
+        done = subprocess.run([sys.executable, agent, action], env=encoded, capture_output=True, timeout=15)
+        err = done.stderr.decode("utf-8", "replace")
+        assert done.returncode in {0, 1, 2, 3, 4, 5, 6, 7}, err
+        assert "Traceback" not in err and "internal error" not in err
+        reasons = [line for line in err.splitlines() if line.startswith("ocf-exit-reason:")]
+        assert len(reasons) == (0 if done.returncode in (0, 7) else 1), (action, err)
