@@ -64,7 +64,7 @@ def open_guard(values: Mapping[str, Any], local_node: str, deadline,
     """A connected guard (RbdGuard) for the agent's parameter values, or None with
     rbd_lock_policy=off. The connection is bounded by min(10 s, a third of what the deadline
     has left); `log` receives the guard's notable steps (its waits), `warn` a keyring that
-    others can read."""
+    others can read and a CIB that does not answer (no node names then)."""
     from ..rbd.guard import Policy, RbdGuard
     from ..rbd.nodes import NodeMap
 
@@ -76,8 +76,8 @@ def open_guard(values: Mapping[str, Any], local_node: str, deadline,
         warn(f"keyring {keyring} is readable by other users than its owner: chmod 0600 it")
     timeout = max(1.0, min(CONNECT_TIMEOUT, deadline.remaining() / 3))
     return RbdGuard.open(values["ceph_conf"], values["ceph_id"], keyring,
-                         timeout=timeout, policy=policy, node_map=NodeMap.from_cib(timeout=timeout),
-                         local_node=local_node, log=log,
+                         timeout=timeout, policy=policy, local_node=local_node, log=log,
+                         node_map=NodeMap.from_cib(timeout=timeout, warn=warn),
                          watch_only_ips=(values["rbd_watch_only_ips"] or "").replace(",", " ").split())
 
 
