@@ -8,7 +8,9 @@ drain     plans the evacuation with ravada-place's planner (the same plan `ravad
           time ran out).  Once a VM has arrived its --move constraint is cleared, so only the
           ban remains.  The node gets node attribute ravada-drained (the time of the drain).
           A VM that no other node can hold makes the drain refuse, unless forced: then it is
-          banned too and stops.
+          banned too and stops.  When no node publishes utilization (cpu, hv_memory),
+          capacity is unknown: every node is taken as able to hold every VM, as Pacemaker
+          places without a placement-strategy; bans, base rules and colocations still count.
 undrain   removes the bans of the node (crm_resource --clear) and the attribute.
 shutdown  drain, then stop Pacemaker and corosync on the node, then power it off.
 wake      sends a Wake-on-LAN packet to the MAC in node attribute ravada-mac (UDP 7 and 9)
@@ -17,7 +19,7 @@ wake      sends a Wake-on-LAN packet to the MAC in node attribute ravada-mac (UD
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from lxml import etree
@@ -90,6 +92,17 @@ def _failed(status: etree._Element, resource: str) -> bool:
                if r.get("id", "").split(":", 1)[0] == resource)
 
 
+def _unknown_capacity_as_unbounded(cluster) -> bool:
+    """Without utilization on any node, Pacemaker places by scores alone: give each node room
+    for every VM of the cluster, so only eligibility (bans, bases, colocations) decides."""
+    if any(info.cpu is not None and info.memory is not None for info in cluster.nodes.values()):
+        return False
+    cpu = 1 + sum(vm.cpu for vm in cluster.vms.values()) + sum(n.reserved[0] for n in cluster.nodes.values())
+    memory = 1 + sum(vm.memory for vm in cluster.vms.values()) + sum(n.reserved[1] for n in cluster.nodes.values())
+    cluster.nodes = {name: replace(info, cpu=cpu, memory=memory) for name, info in cluster.nodes.items()}
+    return True
+
+
 def plan_drain(node: str, deadline: Deadline, policy: str = "balanced"):
     from ravada_placement.model import InputError
     from ravada_placement.plan import plan_drain as planner
@@ -98,6 +111,7 @@ def plan_drain(node: str, deadline: Deadline, policy: str = "balanced"):
     cib, status, cluster = _snapshot(deadline)
     if node not in cluster.nodes:
         raise OpsError(f"unknown node {node!r} (nodes: {', '.join(cluster.nodes)})")
+    _unknown_capacity_as_unbounded(cluster)
     try:
         return cluster, planner(cluster, make_policy(policy), Limits(), node)
     except InputError as err:

@@ -14,21 +14,24 @@ CIB_TOOL = REPO / "tools" / "ravada-cib"
 
 
 class SimCluster:
-    def __init__(self, directory: Path, nodes: dict[str, tuple[int, int]]) -> None:
-        """nodes: name -> (cpu, hv_memory MiB) offered to VMs."""
+    def __init__(self, directory: Path, nodes: dict[str, tuple[int, int] | None],
+                 placement_strategy: str = "balanced") -> None:
+        """nodes: name -> (cpu, hv_memory MiB) offered to VMs, or None: no utilization."""
         self.path = directory / "cib.xml"
         self.nodes = list(nodes)
         cib = etree.fromstring(subprocess.run(["cibadmin", "--empty"], capture_output=True, check=True).stdout)
         cib.set("have-quorum", "1")
         for number, name in enumerate(nodes, 1):
             node = etree.SubElement(cib.find("configuration/nodes"), "node", id=str(number), uname=name)
+            if nodes[name] is None:
+                continue
             cpu, memory = nodes[name]
             util = etree.SubElement(node, "utilization", id=f"nodes-{number}-utilization")
             etree.SubElement(util, "nvpair", id=f"nodes-{number}-utilization-cpu", name="cpu", value=str(cpu))
             etree.SubElement(util, "nvpair", id=f"nodes-{number}-utilization-hv_memory", name="hv_memory",
                              value=str(memory))
         self.path.write_bytes(etree.tostring(cib))
-        self.cib_tool("cluster-options", "stonith_enabled=false", "placement_strategy=balanced")
+        self.cib_tool("cluster-options", "stonith_enabled=false", f"placement_strategy={placement_strategy}")
 
     @property
     def env(self) -> dict[str, str]:

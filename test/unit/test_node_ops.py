@@ -28,6 +28,23 @@ def cluster(tmp_path, monkeypatch):
     return sim
 
 
+def test_drain_in_a_cluster_without_utilization_moves_every_vm(tmp_path, monkeypatch):
+    """No node publishes utilization and no placement-strategy (a plain cluster): capacity is
+    unknown, Pacemaker places by scores alone, and so does the drain."""
+    require_stack("a simulated cluster", "crm_simulate", "crm_mon", "cibadmin", "crm_resource")
+    sim = SimCluster(tmp_path, {"node1": None, "node2": None, "node3": None}, placement_strategy="default")
+    for number in range(4):
+        sim.add_vm(f"vm{number}", memory=2048)
+    sim.start()
+    monkeypatch.setenv("CIB_file", str(sim.path))
+    monkeypatch.setattr(nodeops, "POLL", 0.2)
+    node = busiest(sim)
+    report = nodeops.drain(node, Deadline(60), log=lambda _line: None, tick=sim.settle)
+    assert report.complete and report.moved, report.lines()
+    where = sim.where()
+    assert all(node not in where[f"vm{n}"] and len(where[f"vm{n}"]) == 1 for n in range(4)), where
+
+
 def busiest(sim: SimCluster) -> str:
     where = sim.where()
     counts = {n: sum(1 for vm, nodes in where.items() if vm.startswith("vm") and n in nodes) for n in sim.nodes}
