@@ -79,6 +79,21 @@ def snaps_of(ceph, spec: str) -> list[str]:
         cluster.shutdown()
 
 
+def revive_osd(ceph) -> None:
+    """After SIGSTOP/SIGCONT the lone OSD's placement groups wait for a read lease no peer can
+    renew ('waiting for readable'); marked down, the OSD re-peers at once.  Until I/O works
+    again, so the session's later tests find a healthy cluster."""
+    ceph.mon_command(prefix="osd down", ids=["0"])
+    end = time.monotonic() + 90
+    while time.monotonic() < end:
+        probe = subprocess.run(["rbd", *ceph_args(ceph), "--rados-osd-op-timeout", "5", "ls", "-l", "vmpool"],
+                               capture_output=True, timeout=30)
+        if probe.returncode == 0:
+            return
+        time.sleep(1)
+    raise AssertionError("the OSD did not serve I/O again within 90 s")
+
+
 def hook_events(guest: Guest) -> list[str]:
     return [line.split(":", 1)[1].strip() for line in guest.console_text().splitlines()
             if line.startswith("tinyguest-hook:")]
@@ -190,3 +205,42 @@ def test_sigterm_during_the_freeze_still_thaws(ceph, libvirt_node, slow_freeze_g
     assert hook_events(guest)[before:] == ["freeze", "thaw"]
     assert guest.fsfreeze_status() == "thawed"
     assert snaps_of(ceph, guest.image) == []
+
+
+def test_ceph_hanging_during_the_freeze_is_reported_and_a_later_thaw_fixes_it(ceph, libvirt_node, boot):
+    """The OSD stops answering while the guest starts to freeze: the guest's freeze cannot
+    finish (it flushes to the RBD disk), so neither can a thaw.  The command must not hang: it
+    says the guest MAY BE LEFT FROZEN within its deadline; once Ceph is back,
+    `ravada-snapshot thaw` leaves the guest thawed."""
+    guest = boot("ravada.freezedelay=4")
+    before = len(hook_events(guest))
+    proc = subprocess.Popen([PYTHON, SNAPSHOT, *ceph_args(ceph), "--ceph-timeout", "3", "--uri",
+                             libvirt_node.uri, "--timeout", "30", "create", guest.name],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    osd = ceph.pids["osd.0"]
+    stopped = False
+    began = time.monotonic()
+    try:
+        while len(hook_events(guest)) == before and time.monotonic() < began + 20:
+            time.sleep(0.1)          # the freeze has begun (its hook sleeps 4 s, then it freezes)
+        assert len(hook_events(guest)) > before, "the freeze never started"
+        os.kill(osd, signal.SIGSTOP)
+        stopped = True
+        out, err = proc.communicate(timeout=45)
+        took = time.monotonic() - began
+    finally:
+        if stopped:
+            os.kill(osd, signal.SIGCONT)
+            revive_osd(ceph)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 1 and "MAY BE LEFT FROZEN" in err and "ravada-snapshot thaw" in err, (out, err)
+    assert took < 32, took
+    thawed = snapshot_cmd(ceph, libvirt_node, "--timeout", "60", "thaw", guest.name)
+    assert thawed.returncode == 0, thawed
+    assert guest.fsfreeze_status() == "thawed"
+    # libvirt may still run a thaw the killed command queued: the agent runs its hook on every
+    # thaw, so 'thaw' can appear more than once (after the one freeze)
+    events = hook_events(guest)[before:]
+    assert events[0] == "freeze" and events[1:] and set(events[1:]) == {"thaw"}, events

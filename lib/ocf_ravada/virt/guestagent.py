@@ -47,7 +47,10 @@ class GuestAgent:
 
     def state(self) -> Agent:
         xml = self.hv.call(f"reading the live XML of {self.name}", self.domain.XMLDesc, 0)
-        return agent_state(xml)
+        try:
+            return agent_state(xml)
+        except safexml.UnsafeXml as err:
+            raise LibvirtFailed(f"the live XML of {self.name} is unusable: {err}") from None
 
     def frozen(self) -> bool:
         """guest-fsfreeze-status: True when the guest's file systems are frozen."""
