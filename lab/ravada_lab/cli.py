@@ -12,7 +12,7 @@ from . import lifecycle, tour
 from .cluster import observe
 from .errors import LabError
 from .layout import DEFAULT_NAME, DEFAULT_ROOT, LabLayout, check_node_count
-from .node import NODE_ENV, enter_command
+from .node import EXEC_TIMEOUT, NODE_ENV, enter_command
 from .protocol import request
 from .state import LabState
 
@@ -48,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "(options of ravada-lab go before NODE)")
     ex.add_argument("node")
     ex.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ...")
+    ssh = sub.add_parser("ssh", parents=[common], help="the lab's stand-in for ssh: run a command "
+                         "inside a node through the lab controller, from the host or from another "
+                         "node (e.g. RAVADA_NODE_SHELL='ravada-lab ssh {node}')")
+    ssh.add_argument("node")
+    ssh.add_argument("argv", nargs=argparse.REMAINDER, metavar="CMD ...")
     tour = sub.add_parser("tour", parents=[common], help="a guided tour of the lab of "
                           "`make demo`: migration, power cut and fencing, placement (and RBD "
                           "safety with --ceph), pausing between steps")
@@ -92,6 +97,8 @@ def _dispatch(args: argparse.Namespace, lab: LabLayout) -> int:
         return 0
     if args.command == "exec":
         return _exec(lab, args.node, args.argv)
+    if args.command == "ssh":
+        return _ssh(lab, args.node, args.argv)
     if args.command == "tour":
         state = LabState.load(lab)
         steps = tour.build(state)
@@ -113,6 +120,18 @@ def _exec(lab: LabLayout, node: str, argv: list[str]) -> int:
     env = dict(NODE_ENV, TERM=os.environ.get("TERM", "dumb"))
     command = enter_command(holder) + (argv or ["/bin/bash", "-l"])
     os.execvpe(command[0], command, env)
+
+
+def _ssh(lab: LabLayout, node: str, argv: list[str]) -> int:
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        raise LabError("ssh needs a command to run in the node")
+    done = request(lab.control_socket, "exec", node=node, argv=argv, timeout=EXEC_TIMEOUT + 10,
+                   client="ravada-lab ssh")
+    sys.stdout.write(done["stdout"])
+    sys.stderr.write(done["stderr"])
+    return done["returncode"]
 
 
 def _status_text(lab: LabLayout) -> str:

@@ -3,6 +3,8 @@
 It runs in its own network namespace, which holds the lab bridge (the "switch"); each node is
 cabled to it by a veth.  Every node process descends from it, so it alone reaps them.  Requests
 arrive on a unix socket (see protocol.py) from `ravada-lab` and from `fence_ravada_lab`.
+Like a real NIC, a powered-off node answers Wake-on-LAN: the controller hears magic packets
+on the switch (wakeonlan.py) and powers the node with that MAC on.
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from . import procs
+from . import procs, wakeonlan
 from .errors import LabError
-from .layout import BRIDGE, LabLayout, check_node_count
+from .layout import BRIDGE, SUBNET, SWITCH_ADDRESS, LabLayout, check_node_count
 from .node import Node, run
 from .protocol import LAB_OPS, NODE_OPS
 
@@ -45,6 +47,29 @@ class Controller:
         run(["ip", "link", "set", "lo", "up"])
         run(["ip", "link", "add", BRIDGE, "type", "bridge", "stp_state", "0", "forward_delay", "0"])
         run(["ip", "link", "set", BRIDGE, "up"])
+        run(["ip", "addr", "add", f"{SWITCH_ADDRESS}/{SUBNET.prefixlen}", "dev", BRIDGE])
+
+    def wake_on_lan(self, mac: str, sender: str) -> None:
+        """A magic packet seen on the switch: the powered-off node with this MAC boots."""
+        node = next((n for n in self.nodes.values() if n.layout.mac == mac), None)
+        if node is None or self.stopping.is_set():
+            return
+        with self.lock:
+            if node.powered or self.stopping.is_set():
+                return
+            self._power_tickets.pop(node.layout.name, None)
+            try:
+                node.power_on()
+                self.power_log.append({"node": node.layout.name, "op": "on", "at": time.time(),
+                                       "client": f"wake-on-lan from {sender}"})
+            except Exception as e:  # noqa: BLE001 - any cause is recorded for `status`
+                print(f"controller: {node.layout.name} woken but did not boot: {e}",
+                      file=sys.stderr, flush=True)
+                self.power_log.append({"node": node.layout.name, "op": "boot-failed",
+                                       "at": time.time(), "client": f"wake-on-lan from {sender}",
+                                       "error": str(e)})
+            del self.power_log[:-POWER_LOG_SIZE]
+            self.save()
 
     def power_on_all(self) -> None:
         with self.lock, ThreadPoolExecutor(len(self.nodes)) as pool:
@@ -72,6 +97,8 @@ class Controller:
         if node is None:
             raise LabError(f"no node {name!r} in lab {self.lab.name!r}; "
                            f"nodes: {', '.join(self.nodes)}")
+        if op == "exec":      # no lock: a long command must not hold the power switch
+            return node.execute(request.get("argv"))
         with self.lock:
             if op in ("on", "off"):
                 self._power_tickets.pop(node.layout.name, None)
@@ -180,14 +207,17 @@ def main(argv: list[str] | None = None) -> int:
         controller.build_switch()
         controller.save()
         server = _Server(str(lab.control_socket), controller)
-    except LabError as e:
+        wake = wakeonlan.Listener(BRIDGE, controller.wake_on_lan)
+    except (LabError, OSError) as e:
         print(f"controller: {e}", file=sys.stderr)
         return 1
+    wake.start()
     threading.Thread(target=server.serve_forever, daemon=True).start()
     print(f"controller {os.getpid()} ready", flush=True)
     controller.stopped.wait()
     # Let the shutdown request's answer reach the client before the socket goes.
     time.sleep(0.2)
+    wake.close()
     server.server_close()
     lab.control_socket.unlink(missing_ok=True)
     return 0

@@ -14,6 +14,9 @@ DEFAULT_NAME = "lab"
 MAX_NODES = 16
 SUBNET = ipaddress.IPv4Network("10.99.0.0/24")
 BRIDGE = "labbr0"
+# The switch's own address: where the nodes' default route points, and what lets the
+# controller's Wake-on-LAN listener receive the nodes' broadcasts on the bridge.
+SWITCH_ADDRESS = SUBNET.network_address + 254
 NODE_IFACE = "eth0"
 _NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,15}$")
 
@@ -50,6 +53,12 @@ class NodeLayout:
     index: int
     address: ipaddress.IPv4Address
     directory: Path
+
+    @property
+    def mac(self) -> str:
+        """The node's eth0 MAC: fixed like a real NIC's (locally administered), so Wake-on-LAN
+        finds it across power cycles."""
+        return f"02:00:0a:63:00:{self.index:02x}"
 
     @property
     def switch_port(self) -> str:

@@ -95,6 +95,14 @@ def configure_fencing(state: LabState) -> None:
     node_run(state, first, ["pcs", "resource", "defaults", "update", "resource-stickiness=100"])
 
 
+def publish_macs(state: LabState) -> None:
+    """Each node's MAC as node attribute ravada-mac, where `ravada-node wake` looks for it."""
+    count = len(state.node_names)
+    for name in state.node_names:
+        node_run(state, state.node_names[0], ["crm_attribute", "--node", name, "--name", "ravada-mac",
+                                              "--update", state.lab.node(name, count).mac])
+
+
 def up(lab: LabLayout, count: int, progress=print, ceph: bool = False) -> ClusterView:
     preflight(lab)
     if ceph:
@@ -110,6 +118,7 @@ def up(lab: LabLayout, count: int, progress=print, ceph: bool = False) -> Cluste
         wait_until(state, lambda v: v.dc is not None and v.online == set(state.node_names),
                    "all nodes online with a DC", FORM_TIMEOUT)
         configure_fencing(state)
+        publish_macs(state)
         view = wait_until(state, lambda v: v.roles.get(FENCE_DEVICE) == "Started",
                           f"fence device {FENCE_DEVICE} started", FORM_TIMEOUT)
         if ceph:

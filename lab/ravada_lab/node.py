@@ -17,7 +17,7 @@ import psutil
 
 from . import configs, procs
 from .errors import LabError
-from .layout import BRIDGE, NODE_IFACE, PRIVATE_DIRS, SUBNET, LabLayout, NodeLayout
+from .layout import BRIDGE, NODE_IFACE, PRIVATE_DIRS, SUBNET, SWITCH_ADDRESS, LabLayout, NodeLayout
 
 PYTHON = "/usr/bin/python3"
 HOLDER = str(Path(__file__).with_name("holder.py"))
@@ -38,6 +38,8 @@ DAEMONS = (
 )
 START_TIMEOUT = 30.0
 OFF_TIMEOUT = 15.0
+# The longest command the lab's remote shell (`ravada-lab ssh`) runs inside a node.
+EXEC_TIMEOUT = 300.0
 
 
 def enter_command(holder: int) -> list[str]:
@@ -177,12 +179,14 @@ class Node:
         port = self.layout.switch_port
         subprocess.run(["ip", "link", "del", port], stderr=subprocess.DEVNULL, check=False)
         run(["ip", "link", "add", port, "type", "veth", "peer", "name", NODE_IFACE,
-             "netns", str(self.holder)])
+             "address", self.layout.mac, "netns", str(self.holder)])
         run(["ip", "link", "set", port, "master", BRIDGE, "up"])
         inside = ["nsenter", "-t", str(self.holder), "-n", "--", "ip"]
         run(inside + ["addr", "add", f"{self.layout.address}/{SUBNET.prefixlen}",
                       "dev", NODE_IFACE])
         run(inside + ["link", "set", NODE_IFACE, "up"])
+        # A gateway, as real hosts have one: broadcasts to 255.255.255.255 (Wake-on-LAN) need a route.
+        run(inside + ["route", "add", "default", "via", str(SWITCH_ADDRESS), "dev", NODE_IFACE])
 
     def _start_daemons(self) -> None:
         assert self.holder is not None
@@ -232,6 +236,21 @@ class Node:
         if not self.powered:
             raise LabError(f"{self.layout.name} is powered off")
 
+    # -- a remote shell ------------------------------------------------------------------------
+    def execute(self, argv: object) -> dict:
+        """Run argv inside the node (the lab's ssh: nodes cannot enter each other's namespaces)."""
+        if not (isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv)):
+            raise LabError("exec needs a non-empty list of strings as argv")
+        timeout = EXEC_TIMEOUT
+        self._require_power()
+        assert self.holder is not None
+        try:
+            done = subprocess.run(enter_command(self.holder) + argv, env=NODE_ENV, stdin=subprocess.DEVNULL,
+                                  capture_output=True, text=True, errors="replace", timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise LabError(f"{self.layout.name}: {' '.join(argv)} did not finish within {timeout:.0f}s") from None
+        return {"returncode": done.returncode, "stdout": done.stdout, "stderr": done.stderr}
+
     def daemons(self) -> dict[str, int]:
         """The node's daemons (the holder's children) by command name -> host PID."""
         if not self.powered:
@@ -250,6 +269,7 @@ class Node:
             "frozen": self.frozen,
             "cut": self.cut,
             "address": str(self.layout.address),
+            "mac": self.layout.mac,
         }
 
 

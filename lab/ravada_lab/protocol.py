@@ -13,7 +13,7 @@ from typing import Any
 
 from .errors import LabError
 
-NODE_OPS = ("on", "off", "reboot", "status", "freeze", "thaw", "cut", "heal")
+NODE_OPS = ("on", "off", "reboot", "status", "freeze", "thaw", "cut", "heal", "exec")
 LAB_OPS = ("ping", "state", "boot", "shutdown")
 
 

@@ -95,6 +95,8 @@ def test_node_names_are_checked(bad):
     (["up", "--name", "Bad!"], "invalid lab name"),
     (["--name", "offline", "exec", "node1", "--", "true"], "is not up"),
     (["kill", "node1", "--name", "offline"], "no lab controller"),
+    (["--name", "offline", "ssh", "node1", "true"], "no lab controller"),
+    (["--name", "offline", "ssh", "node1"], "needs a command"),
 ])
 def test_cli_errors_are_messages_not_tracebacks(argv, message):
     result = run(RAVADA_LAB + argv)
