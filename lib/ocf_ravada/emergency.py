@@ -40,7 +40,7 @@ from lxml import etree
 
 from . import pacemaker
 from .deadline import Deadline
-from .nodeshell import STOP_COROSYNC, STOP_PACEMAKER, NodeCommandError, NodeShell
+from .nodeshell import NodeCommandError, NodeShell
 
 LOCK_SET = "ravada-emergency"
 SAVED_ROLE = "ravada-emergency-saved-target-role"
@@ -317,9 +317,9 @@ class EmergencyShutdown:
         others = [n for n in nodes if n != self.shell.local_node]
         local = [n for n in nodes if n == self.shell.local_node]
         _set_lock("state", "done", self.deadline)
-        for command, what in ((STOP_PACEMAKER, "pacemaker"), (STOP_COROSYNC, "corosync")):
-            self._on_nodes(others, command, what)
-            self._on_nodes(local, command, what)
+        for what in ("pacemaker", "corosync"):
+            self._on_nodes(others, what)
+            self._on_nodes(local, what)
         if self.poweroff:
             for node in others + local:
                 try:
@@ -336,17 +336,19 @@ class EmergencyShutdown:
         except pacemaker.PacemakerError:
             return      # the stack here is gone already
         if self.shell.local_node in members:
-            for command, what in ((STOP_PACEMAKER, "pacemaker"), (STOP_COROSYNC, "corosync")):
-                self._on_nodes([self.shell.local_node], command, what)
+            for what in ("pacemaker", "corosync"):
+                self._on_nodes([self.shell.local_node], what)
 
-    def _on_nodes(self, nodes: list[str], command: list[str], what: str) -> None:
+    def _on_nodes(self, nodes: list[str], what: str) -> None:
+        """Stop `what` (pacemaker or corosync) on the nodes at once, each until it is gone."""
         if not nodes:
             return
+        stop = self.shell.stop_pacemaker if what == "pacemaker" else self.shell.stop_corosync
 
         def one(node: str) -> str:
             try:
-                self.shell.run(node, command, self.deadline.bounded(120))
-                return f"{node}: {what} stopped"
+                return f"{node}: {what} stopped" if stop(node, self.deadline.bounded(120)) \
+                    else f"{node}: {what} was not running"
             except NodeCommandError as err:
                 return f"{node}: stopping {what}: {err}"
 

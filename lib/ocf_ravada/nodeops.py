@@ -26,7 +26,7 @@ from lxml import etree
 
 from . import pacemaker, wol
 from .deadline import Deadline
-from .nodeshell import STOP_COROSYNC, STOP_PACEMAKER, NodeCommandError, NodeShell
+from .nodeshell import NodeCommandError, NodeShell
 
 DRAINED_ATTRIBUTE = "ravada-drained"
 MAC_ATTRIBUTE = "ravada-mac"
@@ -224,11 +224,11 @@ def stop_stack(node: str, shell: NodeShell, deadline: Deadline, log: Callable[[s
     sees it offline, then stop corosync."""
     log(f"{node}: stopping pacemaker")
     try:
-        shell.run(node, STOP_PACEMAKER, deadline.bounded(60))
+        shell.stop_pacemaker(node, deadline.bounded(120))
         if node != shell.local_node and not wait_online(node, False, deadline):
             raise OpsError(f"{node} is still online in the cluster after pacemakerd --shutdown")
         log(f"{node}: stopping corosync")
-        shell.run(node, STOP_COROSYNC, deadline.bounded(60))
+        shell.stop_corosync(node, deadline.bounded(60))
     except NodeCommandError as err:
         raise OpsError(str(err)) from None
 

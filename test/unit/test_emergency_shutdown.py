@@ -35,10 +35,16 @@ def cluster(tmp_path, monkeypatch):
 
 @pytest.fixture
 def recorder(tmp_path):
-    """A node shell that records what it is asked to run instead of running it."""
+    """A node shell that records the stop commands it is asked to run instead of running them,
+    and answers the state probes as a node would: a daemon is gone once its stop was run."""
     log = tmp_path / "node-commands"
     script = tmp_path / "fake-shell"
-    script.write_text(f'#!/bin/sh\necho "$@" >> {log}\n')
+    script.write_text(f'#!/bin/sh\ntouch {log}\n'
+                      'case "$2 $3" in\n'
+                      f'  "crmadmin --pacemakerd") grep -qx "$1 pacemakerd --shutdown" {log} && exit 102; exit 0;;\n'
+                      f'  "corosync-cfgtool -s") grep -qx "$1 corosync-cfgtool -H" {log} && exit 1; exit 0;;\n'
+                      'esac\n'
+                      f'echo "$@" >> {log}\n')
     script.chmod(0o755)
     return NodeShell(local_node="not-a-member", shell=f"{script} {{node}}"), log
 

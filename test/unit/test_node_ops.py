@@ -229,3 +229,43 @@ def test_node_shell_runs_locally_or_through_the_template_and_refuses_odd_names(t
     failing = NodeShell("node1", shell="false {node}")
     with pytest.raises(NodeCommandError, match="failed"):
         failing.run("node2", ["true"], 10)
+
+
+def fake_node(tmp_path, pacemakerd_polls: int, corosync_vetoes: bool):
+    """A node shell whose node keeps pacemakerd for a few polls after `pacemakerd --shutdown`
+    (as the real one does) and whose corosync may ignore `corosync-cfgtool -H` (a veto)."""
+    from ocf_ravada.nodeshell import NodeShell
+    log = tmp_path / "ran"
+    script = tmp_path / "node"
+    script.write_text(
+        f'#!/bin/sh\nshift\necho "$*" >> {log}\n'
+        'case "$*" in\n'
+        f'  "crmadmin --pacemakerd"*) grep -q "^pacemakerd --shutdown" {log} || exit 0;'
+        f' [ $(grep -c "^crmadmin" {log}) -gt {pacemakerd_polls + 1} ] && exit 102; exit 0;;\n'
+        f'  "corosync-cfgtool -s") grep -q "^corosync-cfgtool -H" {log} && [ {int(not corosync_vetoes)} = 1 ]'
+        ' && exit 1; exit 0;;\n'
+        'esac\n')
+    script.chmod(0o755)
+    return NodeShell("here", shell=f"{script} {{node}}"), log
+
+
+def test_stopping_the_stack_waits_until_pacemakerd_is_gone_before_corosync(tmp_path, monkeypatch):
+    from ocf_ravada import nodeshell
+    monkeypatch.setattr(nodeshell, "POLL", 0.05)
+    shell, log = fake_node(tmp_path, pacemakerd_polls=3, corosync_vetoes=False)
+    assert shell.stop_pacemaker("node2", 10) and shell.stop_corosync("node2", 10)
+    ran = log.read_text().splitlines()
+    stop_corosync = ran.index("corosync-cfgtool -H")
+    assert ran.index("pacemakerd --shutdown") < stop_corosync
+    # Pacemakerd was asked until it no longer answered, and only then corosync was stopped.
+    assert sum(1 for line in ran[:stop_corosync] if line.startswith("crmadmin")) == 5
+    # Run again: both are gone, nothing is stopped twice.
+    assert not shell.stop_pacemaker("node2", 10) and not shell.stop_corosync("node2", 10)
+
+
+def test_a_corosync_that_does_not_stop_is_an_error_not_a_success(tmp_path, monkeypatch):
+    from ocf_ravada import nodeshell
+    monkeypatch.setattr(nodeshell, "POLL", 0.05)
+    shell, _log = fake_node(tmp_path, pacemakerd_polls=0, corosync_vetoes=True)
+    with pytest.raises(nodeshell.NodeCommandError, match="corosync on node2 still runs"):
+        shell.stop_corosync("node2", 2)
