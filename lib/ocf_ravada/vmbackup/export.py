@@ -3,7 +3,6 @@ DIR/VM/SNAPSHOT/, incremental from the newest complete backup whose snapshot sti
 the image, full otherwise; the manifest last."""
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -85,5 +84,5 @@ def backup_vm(vm: Vm, session: CephSession, tool: RbdTool, root: Path, deadline:
                         base=previous[0].name if previous and uses_base else None,
                         images=tuple(entries))
     backup.write_manifest(directory, manifest)
-    os.sync()
+    backup.fsync_dir(vm_dir)                  # the new directory's own entry
     return Result(directory, manifest, outcome, time.monotonic() - began)
