@@ -84,7 +84,12 @@ class NodeShell:
         deadline = Deadline(timeout)
         if self.status(node, PACEMAKERD_STATE, deadline.bounded(10)) == NO_PACEMAKERD:
             return False
-        self.run(node, STOP_PACEMAKER, deadline.remaining())
+        try:
+            self.run(node, STOP_PACEMAKER, deadline.remaining())
+        except NodeCommandError:
+            # Another invocation may have stopped it just now (NUT runs us on every node).
+            if self.status(node, PACEMAKERD_STATE, deadline.bounded(10)) != NO_PACEMAKERD:
+                raise
         while self.status(node, PACEMAKERD_STATE, deadline.bounded(10)) != NO_PACEMAKERD:
             if not deadline.pause(POLL):
                 raise NodeCommandError(f"pacemakerd on {node} still runs {timeout:.0f}s after "
@@ -98,7 +103,11 @@ class NodeShell:
         if self.status(node, COROSYNC_STATE, deadline.bounded(10)) != 0:
             return False
         while True:
-            self.run(node, STOP_COROSYNC, deadline.remaining())
+            try:
+                self.run(node, STOP_COROSYNC, deadline.remaining())
+            except NodeCommandError:
+                if self.status(node, COROSYNC_STATE, deadline.bounded(10)) == 0:
+                    raise
             for _ in range(5):
                 if self.status(node, COROSYNC_STATE, deadline.bounded(10)) != 0:
                     return True

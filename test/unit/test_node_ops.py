@@ -269,3 +269,18 @@ def test_a_corosync_that_does_not_stop_is_an_error_not_a_success(tmp_path, monke
     shell, _log = fake_node(tmp_path, pacemakerd_polls=0, corosync_vetoes=True)
     with pytest.raises(nodeshell.NodeCommandError, match="corosync on node2 still runs"):
         shell.stop_corosync("node2", 2)
+
+
+def test_a_pacemakerd_stopped_by_someone_else_meanwhile_counts_as_stopped(tmp_path):
+    """Between the look and `pacemakerd --shutdown`, a racing invocation stopped it: the
+    request fails, yet pacemakerd is gone, which is what was wanted."""
+    from ocf_ravada.nodeshell import NodeShell
+    log = tmp_path / "ran"
+    script = tmp_path / "node"
+    script.write_text(f'#!/bin/sh\nshift\necho "$*" >> {log}\n'
+                      'case "$*" in\n'
+                      f'  "crmadmin --pacemakerd"*) grep -q "^pacemakerd --shutdown" {log} && exit 102; exit 0;;\n'
+                      '  "pacemakerd --shutdown") exit 1;;\n'
+                      'esac\n')
+    script.chmod(0o755)
+    assert NodeShell("here", shell=f"{script} {{node}}").stop_pacemaker("node2", 10)
