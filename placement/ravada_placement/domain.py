@@ -16,7 +16,7 @@ def domain_size(name: str, config: str | None) -> tuple[int, int]:
     absent, as libvirt defaults) and <memory> in whole MiB, rounded down."""
     if not config:
         raise InputError(f"VM {name}: no utilization cpu/hv_memory and no config parameter to read them from")
-    domain = parse_xml(read_regular_file(config, DOMAIN_LIMIT), f"VM {name}: domain XML {config}")
+    domain = parse_xml(read_regular_file(config, DOMAIN_LIMIT), f"VM {name}: domain XML {config}", DOMAIN_LIMIT)
     vcpu_el, memory_el = domain.find("vcpu"), domain.find("memory")
     if memory_el is None:
         raise InputError(f"VM {name}: domain XML {config} lacks <memory>")

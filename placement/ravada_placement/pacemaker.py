@@ -1,21 +1,26 @@
-"""Pacemaker's command-line tools, run as subprocesses (the CIB is their interface)."""
+"""Pacemaker's command-line tools for ravada-place: through ocf_ravada.pacemaker, the one
+module that runs them (bounded calls, one typed error), plus what only placement reads from
+their output (crm_mon's resource locations, crm_simulate's transition graph)."""
 from __future__ import annotations
 
-import os
-import subprocess
 import tempfile
 from pathlib import Path
 
 from lxml import etree
+from ocf_ravada import pacemaker as tools
+from ocf_ravada.deadline import Deadline
 
 from .inputs import parse_xml
 from .model import InputError
 
+# Each call may take this long (a busy CIB manager, crm_simulate on thousands of resources).
 TIMEOUT = 120
 
+PacemakerError = tools.PacemakerError
 
-class PacemakerError(Exception):
-    """A Pacemaker tool failed or refused a change."""
+
+def _deadline() -> Deadline:
+    return Deadline(TIMEOUT)
 
 
 def tool_xml(data: bytes, what: str) -> etree._Element:
@@ -23,21 +28,11 @@ def tool_xml(data: bytes, what: str) -> etree._Element:
     try:
         return parse_xml(data, what)
     except InputError as err:
-        raise PacemakerError(str(err)) from None
+        raise tools.BadOutput(str(err)) from None
 
 
 def run(argv: list[str], env: dict[str, str] | None = None, ok_codes: tuple[int, ...] = (0,)) -> str:
-    try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT,
-                              env=dict(os.environ, **env) if env else None)
-    except FileNotFoundError:
-        raise PacemakerError(f"{argv[0]} not found (is pacemaker-cli-utils installed?)") from None
-    except subprocess.TimeoutExpired:
-        raise PacemakerError(f"{argv[0]} did not answer within {TIMEOUT}s") from None
-    if proc.returncode not in ok_codes:
-        detail = (proc.stderr or proc.stdout).strip()
-        raise PacemakerError(f"{' '.join(argv)} failed (exit {proc.returncode}): {detail}")
-    return proc.stdout
+    return tools.run(argv, _deadline(), env=env, ok_codes=ok_codes, limit=TIMEOUT)
 
 
 def query_live_cib() -> bytes:
@@ -53,18 +48,12 @@ def status_of(cib: etree._Element) -> etree._Element:
     with tempfile.TemporaryDirectory(prefix="ravada-place-") as tmp:
         path = Path(tmp) / "cib.xml"
         write_cib(cib, path)
-        out = run(["crm_mon", "--output-as=xml", "--one-shot", "--inactive"], env={"CIB_file": str(path)})
-    return tool_xml(out.encode(), "crm_mon's output")
+        return tools.cluster_status(_deadline(), cib_file=str(path), limit=TIMEOUT)
 
 
 def verify(cib: etree._Element) -> tuple[bool, str]:
     """crm_verify on a CIB: (valid, messages)."""
-    with tempfile.TemporaryDirectory(prefix="ravada-place-") as tmp:
-        path = Path(tmp) / "cib.xml"
-        write_cib(cib, path)
-        proc = subprocess.run(["crm_verify", "--verbose", "--xml-file", str(path)],
-                              capture_output=True, text=True, timeout=TIMEOUT)
-    return proc.returncode == 0, (proc.stdout + proc.stderr).strip()
+    return tools.verify_cib(cib, _deadline(), limit=TIMEOUT)
 
 
 def simulate(cib: etree._Element, nodes_up: list[str]) -> dict[str, str | None]:
@@ -80,7 +69,8 @@ def simulate(cib: etree._Element, nodes_up: list[str]) -> dict[str, str | None]:
             argv += ["--node-up", node]
         run(argv)
         graph = tool_xml(graph_path.read_bytes(), "crm_simulate's transition graph")
-    current = resource_locations(status_of(cib)) if cib.find("status/node_state") is not None else {}
+    current = ({rsc: min(nodes) for rsc, nodes in active_nodes(status_of(cib)).items()}
+               if cib.find("status/node_state") is not None else {})
     return placements_after(graph, current)
 
 
@@ -127,34 +117,10 @@ def active_nodes(status: etree._Element) -> dict[str, set[str]]:
     return where
 
 
-def resource_locations(status: etree._Element) -> dict[str, str | None]:
-    where: dict[str, str | None] = {}
-    for rsc in status.iterfind("resources/resource"):
-        node = rsc.find("node")
-        active = rsc.get("active") == "true" and rsc.get("role") in ("Started", "Promoted", "Unpromoted")
-        where[rsc.get("id")] = node.get("name") if active and node is not None else None
-    return where
-
-
 def apply(old: etree._Element, new: etree._Element) -> None:
-    """One atomic CIB change: the patch `old` -> `new` (crm_diff, like `pcs cluster cib-push
-    --config`).  It holds only our deletions and additions, so changes others made since `old`
-    was read are kept, not overwritten; if they touched the same elements the whole patch is
-    rejected.  Unversioned on purpose: status updates bump the CIB version every few seconds,
-    so a versioned patch would almost always be refused as stale."""
-    with tempfile.TemporaryDirectory(prefix="ravada-place-") as tmp:
-        old_path, new_path, patch_path = Path(tmp) / "old.xml", Path(tmp) / "new.xml", Path(tmp) / "patch.xml"
-        write_cib(old, old_path)
-        write_cib(new, new_path)
-        # crm_diff exits 1 when the files differ, which is the case we want.
-        patch = run(["crm_diff", "--no-version", "--original", str(old_path), "--new", str(new_path)],
-                    ok_codes=(0, 1))
-        if not patch.strip():
-            return
-        # The digest pins the whole result, status included: cibadmin would then refuse the
-        # patch whenever anything else changed (and always on a CIB_file); our deletions and
-        # additions are what must apply, and the caller checked the configuration version.
-        diff = tool_xml(patch.encode(), "crm_diff's patch")
-        diff.attrib.pop("digest", None)
-        patch_path.write_bytes(etree.tostring(diff))
-        run(["cibadmin", "--patch", "--xml-file", str(patch_path)])
+    """One atomic CIB change: the patch `old` -> `new` (crm_diff + cibadmin --patch, like
+    `pcs cluster cib-push --config`).  It holds only our deletions and additions, so changes
+    others made since `old` was read are kept; if they touched the same elements the whole
+    patch is rejected.  Unversioned: status updates bump the CIB version every few seconds;
+    the caller compares admin_epoch/epoch instead."""
+    tools.apply_change(old, new, _deadline(), limit=TIMEOUT)

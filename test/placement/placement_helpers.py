@@ -12,6 +12,7 @@ import pytest
 
 TOP = Path(__file__).resolve().parents[2]
 TOOL = TOP / "tools" / "ravada-place"
+sys.path.insert(0, str(TOP / "lib"))
 sys.path.insert(0, str(TOP / "placement"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 

@@ -118,6 +118,7 @@ def test_incomplete_plan_applies_nothing(cluster):
 def test_apply_keeps_changes_made_after_the_plan_was_read(cluster):
     script = f"""
 import sys
+sys.path.insert(0, {str(TOOL.parent.parent / 'lib')!r})
 sys.path.insert(0, {str(TOOL.parent.parent / 'placement')!r})
 from ravada_placement import cib, constraints, pacemaker
 old = cib.load_cib(None)
