@@ -13,12 +13,12 @@ import psutil
 import pytest
 from lxml import etree
 
-from support.libvirt_node import REPO, domain_xml
+from support.libvirt_node import AGENT_DIR, domain_xml
 from support.stack import require_stack
 
 pytestmark = pytest.mark.libvirt
 
-AGENT = os.path.join(REPO, "agents", "nodeinfo")
+AGENT = os.path.join(AGENT_DIR, "nodeinfo")
 MONITOR = {"interval": "60000", "timeout": "20000"}
 
 

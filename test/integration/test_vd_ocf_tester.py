@@ -7,7 +7,7 @@ import tempfile
 
 import pytest
 
-from support.libvirt_node import AGENT, domain_xml
+from support.libvirt_node import AGENT, AGENT_DIR, REPO, domain_xml
 from support.stack import require_stack
 
 pytestmark = pytest.mark.libvirt
@@ -21,17 +21,20 @@ def test_ocf_tester_behavioural_checks_pass_with_a_real_vm(node, tmp_path):
     require_stack("ocf-tester", "ocf-tester", "xmllint")
     config = tmp_path / "ocftester.xml"
     config.write_text(domain_xml("ocftester"))
-    # ocf-tester runs meta-data as nobody: give it a world-readable copy of the agent.
+    # ocf-tester runs meta-data as nobody: give it a world-readable copy of the tree's agent
+    # (an installed agent and its library are world-readable already).
     tree = tempfile.mkdtemp(prefix="ravada-ocft-")
     try:
-        repo = os.path.dirname(os.path.dirname(AGENT))
-        shutil.copytree(os.path.join(repo, "agents"), os.path.join(tree, "agents"))
-        shutil.copytree(os.path.join(repo, "lib"), os.path.join(tree, "lib"),
-                        ignore=shutil.ignore_patterns("__pycache__"))
-        subprocess.run(["chmod", "-R", "a+rX", tree], check=True)
+        agent = AGENT
+        if AGENT_DIR == os.path.join(REPO, "agents"):
+            shutil.copytree(AGENT_DIR, os.path.join(tree, "agents"))
+            shutil.copytree(os.path.join(REPO, "lib"), os.path.join(tree, "lib"),
+                            ignore=shutil.ignore_patterns("__pycache__"))
+            subprocess.run(["chmod", "-R", "a+rX", tree], check=True)
+            agent = os.path.join(tree, "agents", "VirtualDomain")
         done = subprocess.run(
             ["ocf-tester", "-n", "ocftester", "-o", f"config={config}", "-o", f"hypervisor={node.uri}",
-             "-o", "force_stop=1", os.path.join(tree, "agents", "VirtualDomain")],
+             "-o", "force_stop=1", agent],
             capture_output=True, text=True, timeout=600,
             env={**os.environ, "HA_RSCTMP": str(tmp_path / "rsctmp")})
     finally:

@@ -18,7 +18,10 @@ from typing import Mapping
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PYTHON = "/usr/bin/python3"
-AGENT = os.path.join(REPO, "agents", "VirtualDomain")
+# The agents under test: the tree's, or installed ones (CI points this at the Debian package's
+# /usr/lib/ocf/resource.d/ravada to test the installed files).
+AGENT_DIR = os.environ.get("RAVADA_TEST_AGENTS") or os.path.join(REPO, "agents")
+AGENT = os.path.join(AGENT_DIR, "VirtualDomain")
 
 QEMU_CONF = """
 # test node: run QEMU as root so /dev/kvm (0600 root) works; no host integration
