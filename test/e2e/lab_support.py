@@ -110,6 +110,12 @@ class Lab:
                        "--verbose", "--output-as=xml").stdout
         return [dict(e.attrib) for e in etree.fromstring(out.encode()).iter("fence_event")]
 
+    def power_ops(self, node: str, since: float, client: str = "fence_ravada_lab") -> list[dict]:
+        """The lab power switch's record of `node` operated by `client` since the wall-clock
+        time `since`; unlike Pacemaker's fencing history it survives a whole-cluster stop."""
+        return [e for e in self.state().data["power_log"]
+                if e["node"] == node and e["client"] == client and e["at"] >= since]
+
 
 def remove_stale_labs(prefix: str, before_down: Callable[[LabLayout], None] = lambda _l: None) -> None:
     """Labs named PREFIX* of killed test sessions (their controller is gone); live ones are

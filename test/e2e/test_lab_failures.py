@@ -20,9 +20,7 @@ def assert_never_twice(watch: QemuWatch, vm: str) -> None:
 
 def assert_fenced_since(lab, node: str, since: float) -> None:
     """The lab's power switch was operated by the fence agent, and Pacemaker knows it."""
-    by_agent = [e for e in lab.state().data["power_log"]
-                if e["node"] == node and e["client"] == "fence_ravada_lab" and e["at"] >= since]
-    assert by_agent, f"{node} was not power-cycled by fence_ravada_lab since the test began"
+    assert lab.power_ops(node, since), f"{node} was not power-cycled by fence_ravada_lab since the test began"
     events = [e for e in lab.fence_events(node) if e.get("status") == "success"]
     assert events, f"Pacemaker's fencing history has no successful fencing of {node}"
 

@@ -129,11 +129,6 @@ def wait_unfenced(ceph: lab_ceph.LabCeph, node: str, ip: str) -> None:
         time.sleep(0.5)
 
 
-def power_ops(lab: Lab, node: str, since: float, client: str) -> list[dict]:
-    return [e for e in lab.state().data["power_log"]
-            if e["node"] == node and e["client"] == client and e["at"] >= since]
-
-
 def assert_fenced_in_history(lab: Lab, node: str) -> None:
     """Pacemaker's fencing history holds a successful reboot/off of `node` (the history is
     synchronised across the cluster within seconds)."""
@@ -194,7 +189,7 @@ def test_killed_node_is_fenced_and_rbd_vm_restarts_elsewhere(rbd_lab, ceph, one_
         print(f"\n[{topology}] {victim} killed: {vm} started on {survivor} after "
               f"{restarted:.1f}s, its first record on disk after {writing:.1f}s")
 
-        assert power_ops(lab, victim, wall, "fence_ravada_lab"), f"{victim} not power-fenced"
+        assert lab.power_ops(victim, wall), f"{victim} not power-fenced"
         assert_fenced_in_history(lab, victim)
         storage_fenced = ("add", f"{victim_ip}:0/0") in ceph.blocklist_changes(lab_ceph.FENCE_USER)
         if topology == "power-then-storage":
@@ -272,7 +267,7 @@ def test_frozen_node_without_power_fencing_is_fenced_at_the_osds_and_never_write
         # Level 1 failed, level 2 fenced the node at the OSDs; its power was never touched.
         assert fenced_at_osds(ceph, victim_ip), f"{victim} ({victim_ip}) is not blocklisted"
         assert_fenced_in_history(lab, victim)
-        assert not power_ops(lab, victim, wall, "fence_ravada_lab")
+        assert not lab.power_ops(victim, wall)
         assert victim in lab.state().powered_nodes()
 
         # The node wakes up with its stale QEMU running and writing until Pacemaker, seeing
