@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import lifecycle, tour
+from . import lifecycle, shaping, tour
 from .cluster import observe
 from .errors import LabError
 from .layout import DEFAULT_NAME, DEFAULT_ROOT, LabLayout, check_node_count
@@ -42,6 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--ceph", action="store_true",
                     help="also a throw-away Ceph (1 mon, 1 OSD) on the lab switch, and fence_rbd "
                     "with the power fence device in every node's fencing level 1")
+    up.add_argument("--link-rate", metavar="RATE",
+                    help="limit every node's link to RATE each way (tc syntax: 200mbit, 1gbit)")
+    shape = sub.add_parser("shape", parents=[common], help="limit every node's link (egress "
+                           "and ingress) to a rate, or remove the limit")
+    how = shape.add_mutually_exclusive_group(required=True)
+    how.add_argument("--rate", metavar="RATE", help="tc syntax: 200mbit, 1gbit, 50mbps")
+    how.add_argument("--off", action="store_true", help="no limit")
     sub.add_parser("down", parents=[common], help="stop and remove everything of the lab")
     sub.add_parser("status", parents=[common], help="nodes, daemons and cluster summary")
     ex = sub.add_parser("exec", parents=[common], help="run a command inside a node "
@@ -80,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace, lab: LabLayout) -> int:
     if args.command == "up":
-        lifecycle.up(lab, check_node_count(args.nodes), ceph=args.ceph)
+        lifecycle.up(lab, check_node_count(args.nodes), ceph=args.ceph, link_rate=args.link_rate)
         print(_status_text(lab))
         return 0
     if args.command == "down":
@@ -94,6 +101,13 @@ def _dispatch(args: argparse.Namespace, lab: LabLayout) -> int:
             print(f"ravada-lab: lab {lab.name!r} is not up", file=sys.stderr)
             return EXIT_NOT_UP
         print(_status_text(lab))
+        return 0
+    if args.command == "shape":
+        rate = None if args.off else args.rate
+        if rate is not None:
+            shaping.parse_rate(rate)
+        request(lab.control_socket, "shape", rate=rate)
+        print(f"every link limited to {rate} each way" if rate else "links unshaped")
         return 0
     if args.command == "exec":
         return _exec(lab, args.node, args.argv)
@@ -136,7 +150,9 @@ def _ssh(lab: LabLayout, node: str, argv: list[str]) -> int:
 
 def _status_text(lab: LabLayout) -> str:
     state = LabState.load(lab)
-    lines = [f"lab {lab.name!r}: {lab.root}  (shared dir {lab.shared_dir})"]
+    lines = [f"lab {lab.name!r}: {lab.root}  (shared dir {lab.shared_dir})",
+             f"  links: {state.data.get('link_rate') or 'unshaped'}; ssh key {lab.ssh_key}, "
+             f"known hosts {lab.known_hosts}"]
     for name, info in state.data["nodes"].items():
         flags = [f for f in ("frozen", "cut") if info.get(f)]
         daemons = " ".join(f"{d}:{p}" for d, p in sorted(info.get("daemons", {}).items()))

@@ -20,7 +20,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from . import procs, wakeonlan
+from . import procs, shaping, wakeonlan
 from .errors import LabError
 from .layout import BRIDGE, SUBNET, SWITCH_ADDRESS, LabLayout, check_node_count
 from .node import Node, run
@@ -33,9 +33,11 @@ REBOOT_DELAY = 3.0
 
 
 class Controller:
-    def __init__(self, lab: LabLayout, count: int):
+    def __init__(self, lab: LabLayout, count: int, link_rate: str | None = None):
         self.lab = lab
         self.nodes = {n.name: Node(lab, n) for n in lab.nodes(count)}
+        self.link_rate: str | None = None  # as given (e.g. 200mbit); None: links unshaped
+        self._set_rate(link_rate)
         self.lock = threading.Lock()
         self.stopping = threading.Event()  # shutdown begun: no more boots
         self.stopped = threading.Event()  # every node off: the process may exit
@@ -84,6 +86,10 @@ class Controller:
                 self.power_on_all()
             elif op == "shutdown":
                 self.shutdown()
+            elif op == "shape":
+                with self.lock:
+                    self.shape(request.get("rate"))
+                    self.save()
             elif op == "state":
                 with self.lock:
                     self.save()
@@ -130,6 +136,22 @@ class Controller:
         elif op in ("cut", "heal"):
             node.set_cut(op == "cut")
 
+    def _set_rate(self, rate: object) -> int | None:
+        if rate is not None and not isinstance(rate, str):
+            raise LabError("shape needs a rate string (e.g. 200mbit) or null")
+        bits = None if rate is None else shaping.parse_rate(rate)
+        for node in self.nodes.values():
+            node.link_rate = bits
+        self.link_rate = rate
+        return bits
+
+    def shape(self, rate: object) -> None:
+        """Every node's cable limited to `rate` each way (None: unlimited), now and after
+        every boot."""
+        bits = self._set_rate(rate)
+        for node in self.nodes.values():
+            node.shape(bits)
+
     def _boot_later(self, node: Node, ticket: object) -> None:
         time.sleep(REBOOT_DELAY)
         with self.lock:
@@ -152,6 +174,7 @@ class Controller:
             "name": self.lab.name,
             "controller": os.getpid(),
             "switch_netns": procs.NamespaceIds.of(os.getpid()).net,
+            "link_rate": self.link_rate,
             "nodes": {name: n.describe() for name, n in self.nodes.items()},
             "power_log": self.power_log,
         }
@@ -197,9 +220,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", required=True)
     parser.add_argument("--root", type=Path, required=True)
     parser.add_argument("--nodes", type=int, required=True)
+    parser.add_argument("--link-rate")
     args = parser.parse_args(argv)
     lab = LabLayout.for_lab(args.name, args.root)
-    controller = Controller(lab, check_node_count(args.nodes))
+    controller = Controller(lab, check_node_count(args.nodes), args.link_rate)
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=controller.shutdown).start())
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.umask(0o077)

@@ -23,6 +23,8 @@ def setup(spec: dict) -> None:
     # /run and /dev/shm are private and empty, like after boot.
     mount("-t", "tmpfs", "-o", "mode=0755,nosuid,nodev", "tmpfs", "/run")
     os.makedirs("/run/lock", mode=0o1777, exist_ok=True)
+    for directory in spec.get("run_dirs", []):
+        os.makedirs(directory, mode=0o755, exist_ok=True)
     mount("-t", "tmpfs", "-o", "mode=1777,nosuid,nodev", "tmpfs", "/dev/shm")
     for source, target in spec["binds"]:
         mount("--bind", source, target)

@@ -32,6 +32,9 @@ PRIVATE_DIRS = (
     "/var/log/pacemaker",
     "/var/log/libvirt",
     "/var/cache/libvirt",
+    # Each node's own OpenSSH host keys and configuration, and root's home (its ~/.ssh).
+    "/etc/ssh",
+    "/root",
 )
 
 
@@ -107,6 +110,22 @@ class LabLayout:
     @property
     def authkey(self) -> Path:
         return self.root / "authkey"
+
+    @property
+    def ssh_dir(self) -> Path:
+        return self.root / "ssh"
+
+    @property
+    def ssh_key(self) -> Path:
+        """The lab root key (private; `.pub` beside it), authorised for root on every node and
+        visible at this same path inside every node."""
+        return self.ssh_dir / "id_ed25519"
+
+    @property
+    def known_hosts(self) -> Path:
+        """Every node's host key under its name and address (also in each node's
+        /etc/ssh/ssh_known_hosts and /root/.ssh/known_hosts)."""
+        return self.ssh_dir / "known_hosts"
 
     def node(self, name: str, count: int) -> NodeLayout:
         index = node_index(name)

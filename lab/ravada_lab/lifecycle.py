@@ -11,7 +11,7 @@ from pathlib import Path
 
 import ravada_lab
 
-from . import ceph_service, configs, procs
+from . import ceph_service, configs, procs, shaping, sshd
 from .cluster import ClusterView, wait_until
 from .errors import LabError
 from .layout import DEFAULT_ROOT, PRIVATE_DIRS, LabLayout
@@ -22,7 +22,8 @@ from .state import LabState, node_run
 FENCE_AGENT = Path("/usr/sbin/fence_ravada_lab")
 FENCE_DEVICE = "lab-fence"
 NEEDED_COMMANDS = ("corosync", "pacemakerd", "libvirtd", "virtlogd", "pcs", "crm_mon",
-                   "corosync-keygen", "nsenter", "unshare", "setsid", "ip", "mount")
+                   "corosync-keygen", "nsenter", "unshare", "setsid", "ip", "mount",
+                   "sshd", "ssh", "ssh-keygen", "rsync", "tc")
 BOOT_TIMEOUT = 180.0
 FORM_TIMEOUT = 120.0
 
@@ -64,15 +65,17 @@ def write_lab_files(lab: LabLayout, count: int) -> None:
     lab.hosts_file.write_text(configs.hosts_file(nodes))
     for node in nodes:
         write_node_files(lab, node, nodes)
+    sshd.provision(lab, nodes)
 
 
-def start_controller(lab: LabLayout, count: int) -> None:
+def start_controller(lab: LabLayout, count: int, link_rate: str | None = None) -> None:
     # The controller runs from the ravada_lab this run imported (source tree or installed).
     env = dict(os.environ, PYTHONPATH=str(Path(ravada_lab.__file__).resolve().parent.parent))
     with open(lab.controller_log, "ab") as log:
         controller = subprocess.Popen(
             ["unshare", "--net", "--", PYTHON, "-m", "ravada_lab.controller",
-             "--name", lab.name, "--root", str(lab.root.parent), "--nodes", str(count)],
+             "--name", lab.name, "--root", str(lab.root.parent), "--nodes", str(count),
+             *(["--link-rate", link_rate] if link_rate else [])],
             env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
             cwd="/")
     deadline = time.monotonic() + 15
@@ -103,14 +106,18 @@ def publish_macs(state: LabState) -> None:
                                               "--update", state.lab.node(name, count).mac])
 
 
-def up(lab: LabLayout, count: int, progress=print, ceph: bool = False) -> ClusterView:
+def up(lab: LabLayout, count: int, progress=print, ceph: bool = False,
+       link_rate: str | None = None) -> ClusterView:
+    """Bring the lab up; `link_rate` (tc syntax, e.g. 200mbit) shapes every node's cable."""
+    if link_rate is not None:
+        shaping.parse_rate(link_rate)
     preflight(lab)
     if ceph:
         ceph_service.preflight()
     started = time.monotonic()
     try:
         write_lab_files(lab, count)
-        start_controller(lab, count)
+        start_controller(lab, count, link_rate)
         progress(f"booting {count} nodes ...")
         request(lab.control_socket, "boot", timeout=BOOT_TIMEOUT)
         state = LabState.load(lab)

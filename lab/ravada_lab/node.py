@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psutil
 
-from . import configs, procs
+from . import configs, procs, shaping, sshd
 from .errors import LabError
 from .layout import BRIDGE, NODE_IFACE, PRIVATE_DIRS, SUBNET, SWITCH_ADDRESS, LabLayout, NodeLayout
 
@@ -33,6 +33,7 @@ NODE_ENV = {
 DAEMONS = (
     ("virtlogd", ["virtlogd"]),
     ("libvirtd", ["libvirtd", "--listen"]),
+    ("sshd", sshd.daemon_argv()),
     ("corosync", ["corosync", "-f"]),
     ("pacemakerd", ["pacemakerd"]),
 )
@@ -99,6 +100,8 @@ class Node:
         self.namespaces: procs.NamespaceIds | None = None
         self.frozen = False
         self.cut = False
+        # The cable's rate limit (bits/s, both ways), kept across power cycles; None: unshaped.
+        self.link_rate: int | None = None
 
     # -- power ---------------------------------------------------------------------------------
     @property
@@ -112,6 +115,8 @@ class Node:
         try:
             self._create_namespaces()
             self._cable()
+            if self.link_rate is not None:
+                self.shape(self.link_rate)
             self._start_daemons()
         except BaseException:
             self.power_off()
@@ -153,7 +158,8 @@ class Node:
         spec = self.layout.directory / "holder.json"
         binds = [[str(self.layout.private_dir(t)), t] for t in PRIVATE_DIRS]
         binds.append([str(self.lab.hosts_file), "/etc/hosts"])
-        spec.write_text(json.dumps({"hostname": self.layout.name, "binds": binds}))
+        spec.write_text(json.dumps({"hostname": self.layout.name, "binds": binds,
+                                    "run_dirs": [sshd.PRIVSEP_DIR]}))
         with open(self.layout.log_dir / "holder.log", "ab") as log:
             self.launcher = subprocess.Popen(
                 ["unshare", "--net", "--mount", "--uts", "--ipc", "--pid", "--fork",
@@ -232,6 +238,15 @@ class Node:
         run(["ip", "link", "set", self.layout.switch_port, "down" if cut else "up"])
         self.cut = cut
 
+    def shape(self, bits: int | None) -> None:
+        """Limit the node's cable to `bits`/s each way (None: unlimited); kept across power
+        cycles.  Both ends: the node's eth0 (its egress), the switch port (its ingress)."""
+        if self.powered:
+            assert self.holder is not None
+            shaping.apply(["nsenter", "-t", str(self.holder), "-n", "--", "tc"], NODE_IFACE, bits)
+            shaping.apply(["tc"], self.layout.switch_port, bits)
+        self.link_rate = bits
+
     def _require_power(self) -> None:
         if not self.powered:
             raise LabError(f"{self.layout.name} is powered off")
@@ -270,6 +285,7 @@ class Node:
             "cut": self.cut,
             "address": str(self.layout.address),
             "mac": self.layout.mac,
+            "link_rate": self.link_rate,
         }
 
 

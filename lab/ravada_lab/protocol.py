@@ -14,7 +14,7 @@ from typing import Any
 from .errors import LabError
 
 NODE_OPS = ("on", "off", "reboot", "status", "freeze", "thaw", "cut", "heal", "exec")
-LAB_OPS = ("ping", "state", "boot", "shutdown")
+LAB_OPS = ("ping", "state", "boot", "shutdown", "shape")
 
 
 def request(control_socket: Path, op: str, timeout: float = 120.0, **args: Any) -> dict:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 
 from . import procs
 from .errors import LabError
 from .layout import LabLayout
 from .node import NODE_ENV, enter_command
+from .shaping import parse_rate
 
 
 @dataclass(frozen=True)
@@ -28,12 +30,39 @@ class LabState:
     def node_names(self) -> list[str]:
         return list(self.data["nodes"])
 
-    def holder(self, node: str) -> int:
+    def info(self, node: str) -> dict:
         info = self.data["nodes"].get(node)
         if info is None:
             raise LabError(f"no node {node!r} in lab {self.lab.name!r}; "
                            f"nodes: {', '.join(self.node_names)}")
-        holder = info.get("holder")
+        return info
+
+    def address(self, node: str) -> str:
+        """The node's address on the lab network (its sshd, libvirtd, corosync listen there)."""
+        return self.info(node)["address"]
+
+    @property
+    def ssh_key(self) -> Path:
+        """The lab root key, authorised for root on every node; same path inside every node."""
+        return self.lab.ssh_key
+
+    @property
+    def known_hosts(self) -> Path:
+        """Every node's host key under its name and address; same path inside every node."""
+        return self.lab.known_hosts
+
+    @property
+    def link_rate(self) -> str | None:
+        """The rate every node's link is limited to each way (as given, e.g. 200mbit)."""
+        return self.data.get("link_rate")
+
+    @property
+    def link_rate_bits(self) -> int | None:
+        rate = self.link_rate
+        return None if rate is None else parse_rate(rate)
+
+    def holder(self, node: str) -> int:
+        holder = self.info(node).get("holder")
         if holder is None or not procs.alive(holder):
             raise LabError(f"{node} is powered off")
         return holder

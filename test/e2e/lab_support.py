@@ -110,6 +110,16 @@ class Lab:
                        "--verbose", "--output-as=xml").stdout
         return [dict(e.attrib) for e in etree.fromstring(out.encode()).iter("fence_event")]
 
+    def ssh(self, source: str, target: str, *argv: str,
+            check: bool = True) -> subprocess.CompletedProcess:
+        """`ssh TARGET CMD` run inside `source`: real OpenSSH between lab nodes, host keys
+        verified against the known_hosts `ravada-lab up` wrote, the lab root key."""
+        return self.run(source, "ssh", target, *argv, check=check)
+
+    def shape(self, rate: str | None) -> None:
+        """Limit every node's link to `rate` each way (tc syntax, e.g. 200mbit); None: unshaped."""
+        self.cli("shape", *(["--rate", rate] if rate else ["--off"]))
+
     def power_ops(self, node: str, since: float, client: str = "fence_ravada_lab") -> list[dict]:
         """The lab power switch's record of `node` operated by `client` since the wall-clock
         time `since`; unlike Pacemaker's fencing history it survives a whole-cluster stop."""

@@ -53,12 +53,15 @@ def test_down_leaves_nothing_behind(clean_host):
     name = f"e2e-{SESSION}-d"
     layout = LabLayout.for_lab(name)
     run_cli("down", "--name", name, check=False)
-    run_cli("up", "--nodes", "2", "--name", name)
+    # Shaped links and sshd too: their qdiscs and daemons must go with the lab.
+    run_cli("up", "--nodes", "2", "--name", name, "--link-rate", "200mbit")
     try:
         again = run_cli("up", "--nodes", "2", "--name", name, check=False)
         assert again.returncode == 1 and "already up" in again.stderr
         assert "Traceback" not in again.stderr
         recorded = LabState.load(layout).data
+        assert recorded["link_rate"] == "200mbit"
+        assert all("sshd" in info["daemons"] for info in recorded["nodes"].values())
     finally:
         down = run_cli("down", "--name", name, check=False)
     assert down.returncode == 0, down.stderr
