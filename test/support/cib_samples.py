@@ -7,7 +7,7 @@ SAMPLES = {
     "vm": {"id": "vm1", "config": "/etc/libvirt/qemu/vm1.xml", "memory": "2048", "cpu": "2", "base": "deb12"},
     "base-location": {"vm": "vm0", "base": "deb12"},
     "nodeinfo-clone": {},
-    "basesync-clone": {"source": "rsync://store/bases"},
+    "basesync-clone": {"source": "node1"},
     "cluster-options": {},
     "rsc-defaults": {},
     "alert": {"recipient": "/var/log/ravada-alerts.log"},

@@ -84,11 +84,25 @@ def test_template_renders_and_passes_crm_verify(tmp_path, name):
                 assert saved.xpath(f"//{element.tag}[@id=$i]", i=element.get("id")), element.get("id")
 
 
-def test_basesync_template_is_marked_provisional():
+def test_basesync_template_matches_the_agent():
+    """Every parameter the template sets is one the agent declares, and the ops carry the
+    agent's advertised timeouts (the template was provisional before the agent existed)."""
     template = cibtemplates.templates()["basesync-clone"]
-    assert template.provisional
-    done = cib_tool("render", "basesync-clone", "source=x", check=True)
-    assert "provisional" in done.stderr
+    assert not template.provisional
+    meta = etree.fromstring(subprocess.run(["/usr/bin/python3", os.path.join(REPO, "agents", "basesync"),
+                                            "meta-data"], capture_output=True, check=True).stdout)
+    declared = {p.get("name") for p in meta.iterfind("parameters/parameter")}
+    advertised = {}
+    for action in meta.iterfind("actions/action"):
+        advertised.setdefault(action.get("name"), action)   # the depth-0 monitor comes first
+    done = cib_tool("render", "basesync-clone", "source=node1", "ssh_key=/etc/ravada/basesync_key", check=True)
+    assert "provisional" not in done.stderr
+    rendered = etree.fromstring(done.stdout.encode())
+    assert {nv.get("name") for nv in rendered.iterfind(".//instance_attributes/nvpair")} <= declared
+    assert rendered.find(".//nvpair[@name='ssh_key']").get("value") == "/etc/ravada/basesync_key"
+    for op in rendered.iter("op"):
+        assert op.get("timeout") == advertised[op.get("name")].get("timeout"), op.get("name")
+    assert rendered.find(".//op[@name='monitor']").get("interval") == advertised["monitor"].get("interval")
 
 
 def test_vm_op_timeouts_are_the_agents_advertised_ones():
@@ -192,7 +206,7 @@ def test_merge_keeps_other_options_and_refuses_id_clashes(tmp_path):
 def test_full_cluster_from_ravada_cib_output_alone(tmp_path):
     """VMs, nodeinfo, basesync, fencing topology and alerts: nothing but ravada-cib --apply."""
     path = empty_cib(tmp_path / "cib.xml")
-    steps = [["cluster-options"], ["rsc-defaults"], ["nodeinfo-clone"], ["basesync-clone", "source=rsync://store/bases"],
+    steps = [["cluster-options"], ["rsc-defaults"], ["nodeinfo-clone"], ["basesync-clone", "source=node1"],
              ["fence-rbd", f"nodes={' '.join(NODES)}"], ["alert"]]
     for number, node in enumerate(NODES, 1):
         steps.append(["fence-ipmi", f"id=fence-ipmi-{node}", f"node={node}", f"ip=192.0.2.{number}",
