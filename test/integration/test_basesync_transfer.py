@@ -373,3 +373,46 @@ def test_a_new_base_on_a_backing_chain_is_synced_backing_first(servers, dirs):
     other = worker(servers, dirs["peer"], node="other")   # not in desktop's node list
     other.run_pass()
     assert set(other.cluster.attributes) == {"deb12"}
+
+
+def test_a_node_follows_a_peer_copy_that_is_still_arriving(servers, dirs):
+    """The pipelined chain: `me` appends from the peer's temporary copy while the peer is still
+    receiving it from the main node, and each verifies the whole SHA-256 before installing."""
+    import threading
+
+    size = 16 * MIB
+    digest = random_file(os.path.join(dirs["main"], "big.img"), size)
+    add(dirs["main"], "big.img", "big", None)
+    chain = ["main", "me", "peer"]     # sorted after the main node: me, then peer
+    slow = SshOptions(port=servers["port"], key=servers["key"], known_hosts=servers["known_hosts"],
+                      io_timeout=10, bwlimit_kib=4096)
+    peer = worker(servers, dirs["peer"], FakeCluster(chain), node="me", ssh=slow)
+    # The node under test is the peer's follower: it stands after "me" in the chain and
+    # reads the peer's directory through the peer's sshd (127.0.0.2).
+    follower = worker(servers, dirs["node"], FakeCluster(chain), node="peer",
+                      hosts={"main": "127.0.0.1", "me": "127.0.0.2"})
+    seen_while_arriving = []
+
+    def watch() -> None:
+        partial = os.path.join(dirs["node"], temporary_name(peer_manifest_base()))
+        while not os.path.exists(os.path.join(dirs["peer"], "big.img")):
+            if os.path.exists(partial) and os.path.getsize(partial) > 0:
+                seen_while_arriving.append(os.path.getsize(partial))
+            time.sleep(0.05)
+
+    def peer_manifest_base():
+        from ocf_ravada.basesync.admin import load
+        return load(dirs["main"]).by_name()["big"]
+
+    upstream = threading.Thread(target=peer.run_pass)
+    watcher = threading.Thread(target=watch)
+    upstream.start()
+    watcher.start()
+    follower.run_pass()
+    upstream.join()
+    watcher.join()
+    assert peer.status["bases"]["big"]["state"] == "verified"
+    result = follower.status["bases"]["big"]
+    assert result["state"] == "verified" and result["holder"] == "me", result
+    assert seen_while_arriving, "the follower only started once the peer had the whole copy"
+    assert verify.file_digest(os.path.join(dirs["node"], "big.img")) == digest

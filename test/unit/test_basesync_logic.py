@@ -170,6 +170,8 @@ def test_rsync_outcomes_are_classified():
     assert classify(0, "").ok
     assert classify(23, 'rsync: [sender] link_stat "x" failed: No such file or directory (2)').missing
     assert classify(24, "file has vanished").missing
+    assert classify(12, "open failed (race detected): .basesync/x No such file or directory rsync: connection "
+                        "unexpectedly closed").missing      # rrsync's own refusal
     assert classify(255, "Host key verification failed.").unreachable
     assert classify(11, "write failed: No space left on device (28)").no_space
     assert not classify(11, "other").ok

@@ -32,7 +32,7 @@ from .worker import Config, status_file
 
 HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,252}")
 NEEDED_TOOLS = ("rsync", "ssh", "qemu-img")
-STARTUP_WAIT = 5.0
+CONTROL_DIR_MAX = 40
 
 
 def _absolute_safe_path(value: str) -> str | None:
@@ -223,11 +223,18 @@ class BaseSync(Agent):
                       resource=self.env.resource,
                       ssh=SshOptions(user=p["ssh_user"], port=p["ssh_port"], key=p["ssh_key"] or None,
                                      known_hosts=p["known_hosts"] or None, bwlimit_kib=p["bwlimit"],
-                                     io_timeout=p["stall_timeout"]),
+                                     io_timeout=p["stall_timeout"],
+                                     control_dir=self.control_dir()),
                       hosts=parse_hosts(p["hosts"] or ""), reserve_mib=p["reserve"],
                       concurrency=p["concurrency"], poll_interval=p["poll_interval"],
                       stall_timeout=p["stall_timeout"], hypervisor=p["hypervisor"] or None,
                       in_cluster=self.in_cluster, state_dir=self.env.rsc_tmp)
+
+    def control_dir(self) -> str | None:
+        """Where ssh keeps shared connections; None (no sharing) when a socket path there
+        would pass the 108-byte limit of Unix sockets (ssh adds 41 bytes and a temp suffix)."""
+        path = os.path.join(self.env.rsc_tmp, "basesync-ssh")
+        return path if len(path) <= CONTROL_DIR_MAX else None
 
     def stop(self) -> int:
         recorded = self.state.load()

@@ -85,12 +85,13 @@ class Fetcher:
         self.final = os.path.join(directory, base.file)
         self.digest = verify.GrowingDigest(self.temporary)
         self.progress = Progress(total=base.size)
+        self.outcomes: list[str] = []     # why holders before the last one did not do
 
     def run(self, holders: list[str], verified: set[str]) -> str:
         """Fetch, verify and install; the holder the last bytes came from."""
         os.makedirs(os.path.dirname(self.temporary), mode=0o755, exist_ok=True)
         self.progress.resumed_from = self._size()
-        outcomes: list[str] = []
+        outcomes = self.outcomes
         for holder in holders:
             if self.stop():
                 raise FetchFailed("stopped")

@@ -16,12 +16,14 @@ import dataclasses
 import os
 import re
 import subprocess
+import tempfile
 import time
 from typing import Callable
 
 # Options are passed inside rsync's -e string, which rsync splits on white space.
 SAFE_OPTION = re.compile(r"[A-Za-z0-9_./@%+=:,-]+")
 POLL = 0.5
+CONTROL_PERSIST = 15     # seconds a shared connection outlives its last use
 # rsync exit codes that mean "this holder cannot be reached or talked to".
 UNREACHABLE_CODES = frozenset({5, 10, 12, 14, 30, 35, 255})
 
@@ -34,6 +36,10 @@ class SshOptions:
     known_hosts: str | None = None
     bwlimit_kib: int = 0       # 0: no limit
     io_timeout: int = 30       # seconds without data before rsync gives up
+    # A private directory for ssh connection sharing (ControlMaster): a chain node runs one
+    # short rsync after another against its predecessor, and a new ssh handshake for each
+    # would add its latency to every hop. None: no sharing.
+    control_dir: str | None = None
 
     def shell(self) -> str:
         """rsync's -e value: ssh that verifies host keys and never asks anything."""
@@ -44,6 +50,9 @@ class SshOptions:
             argv += ["-i", self.key, "-o", "IdentitiesOnly=yes"]
         if self.known_hosts:
             argv += ["-o", f"UserKnownHostsFile={self.known_hosts}"]
+        if self.control_dir:
+            argv += ["-o", "ControlMaster=auto", "-o", f"ControlPath={self.control_dir}/%C",
+                     "-o", f"ControlPersist={CONTROL_PERSIST}"]
         for word in argv:
             if not SAFE_OPTION.fullmatch(word) and word != "ssh":
                 raise ValueError(f"unsafe ssh option {word!r}")
@@ -59,6 +68,17 @@ class Pulled:
     unreachable: bool = False   # ssh/rsync could not talk to the holder
     no_space: bool = False      # our side ran out of space
     reason: str = ""
+
+
+def close_shared(options: SshOptions, host: str) -> None:
+    """End the shared connection to `host` (ssh -O exit), so none outlives the worker."""
+    if not options.control_dir:
+        return
+    try:
+        subprocess.run(options.shell().split() + ["-O", "exit", host], stdin=subprocess.DEVNULL,
+                       capture_output=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        pass
 
 
 def remote_spec(host: str, path: str) -> str:
@@ -84,28 +104,32 @@ def pull(options: SshOptions, host: str, remote_path: str, local_path: str, *,
     """One rsync run; `while_running` is called about every POLL seconds (progress reports),
     `stop` ends the run early (the worker is being stopped)."""
     argv = rsync_argv(options, host, remote_path, local_path, append, max_size)
-    try:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, env={**os.environ, "LC_ALL": "C"})
-    except FileNotFoundError:
-        return Pulled(False, reason="rsync is not installed")
-    stderr = b""
-    try:
-        while True:
-            try:
-                _out, stderr = proc.communicate(timeout=POLL)
-                break
-            except subprocess.TimeoutExpired:
-                if stop():
-                    proc.terminate()
-                    proc.wait()
-                    return Pulled(False, reason="stopped")
-                while_running()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    return classify(proc.returncode, stderr.decode("utf-8", "replace"))
+    # stderr goes to a file, not a pipe: a shared ssh connection's master lives on after
+    # rsync and would hold a pipe open.
+    with tempfile.TemporaryFile() as errors:
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=errors, env={**os.environ, "LC_ALL": "C"})
+        except FileNotFoundError:
+            return Pulled(False, reason="rsync is not installed")
+        try:
+            while True:
+                try:
+                    proc.wait(timeout=POLL)
+                    break
+                except subprocess.TimeoutExpired:
+                    if stop():
+                        proc.terminate()
+                        proc.wait()
+                        return Pulled(False, reason="stopped")
+                    while_running()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        errors.seek(0)
+        stderr = errors.read(64 * 1024).decode("utf-8", "replace")
+    return classify(proc.returncode, stderr)
 
 
 def classify(returncode: int, stderr: str) -> Pulled:
@@ -114,7 +138,8 @@ def classify(returncode: int, stderr: str) -> Pulled:
         return Pulled(True)
     if "No space left on device" in stderr:
         return Pulled(False, no_space=True, reason=detail)
-    if returncode == 24 or (returncode == 23 and "No such file or directory" in stderr):
+    # rrsync checks paths itself and ends the connection (exit 12) for a missing one.
+    if returncode == 24 or (returncode in (12, 23) and "No such file or directory" in stderr):
         return Pulled(False, missing=True, reason=detail)
     if returncode in UNREACHABLE_CODES:
         return Pulled(False, unreachable=True, reason=detail or f"rsync exit {returncode}")

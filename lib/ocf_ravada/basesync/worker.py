@@ -32,7 +32,7 @@ from .cluster import Cluster, PacemakerCluster, StandaloneCluster
 from .fetch import INCOMING, FetchFailed, Fetcher, NoSpaceLeft, candidates, temporary_name
 from .manifest import MANIFEST_FILE, Base, Manifest, ManifestError, parse
 from .status import summary
-from .transfer import RateMeter, SshOptions, pull
+from .transfer import RateMeter, SshOptions, close_shared, pull
 
 LEDGER_FILE = ".basesync/ledger.json"
 IN_USE_LIMIT = 120.0
@@ -88,6 +88,16 @@ class Worker:
                                        "passes": 0}
         self.statefile = status_file(config.state_dir, config.resource)
         self._status_attribute_at = 0.0
+        self.contacted: set[str] = set()
+
+    def address(self, node: str) -> str:
+        address = self.config.address(node)
+        self.contacted.add(address)
+        return address
+
+    def close(self) -> None:
+        for address in sorted(self.contacted):
+            close_shared(self.config.ssh, address)
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -132,7 +142,7 @@ class Worker:
         if not self.config.is_source:
             os.makedirs(os.path.dirname(local), mode=0o755, exist_ok=True)
             fresh = local + ".new"
-            result = pull(self.config.ssh, self.config.address(self.config.source), MANIFEST_FILE, fresh,
+            result = pull(self.config.ssh, self.address(self.config.source), MANIFEST_FILE, fresh,
                           append=False, max_size=1024 * 1024, stop=self.stopping.is_set)
             if result.ok:
                 try:
@@ -320,7 +330,7 @@ class Worker:
                                         if n != self.config.source and base.wanted_on(n)]
         verified = self.cluster.holders(base.name, base.sha256)
         holders = candidates(self.config.node, self.config.source, chain, verified)
-        fetcher = Fetcher(base, self.directory, self.config.ssh, self.config.address, self.config.source,
+        fetcher = Fetcher(base, self.directory, self.config.ssh, self.address, self.config.source,
                           self.config.stall_timeout, report, self.stopping.is_set)
         started = time.monotonic()
         try:
@@ -334,6 +344,8 @@ class Worker:
                           bytes=fetcher.progress.bytes, total=base.size)
             return False
         elapsed = time.monotonic() - started
+        for outcome in fetcher.outcomes:
+            self.log.info(f"base {base.name}: holder {outcome}")
         self.log.info(f"base {base.name} verified and installed ({base.size} bytes in {elapsed:.1f}s, "
                       f"last from {holder}, resumed at {fetcher.progress.resumed_from})")
         self.set_base(base.name, state="verified", digest=base.sha256, holder=holder,
@@ -391,8 +403,14 @@ def main(argv: list[str]) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGUSR1, on_usr1)
+    if config.ssh.control_dir:
+        os.makedirs(config.ssh.control_dir, mode=0o700, exist_ok=True)
+        os.chmod(config.ssh.control_dir, 0o700)
     log.info(f"worker started for {config.directory} (main node {config.source})")
-    worker.run_forever()
+    try:
+        worker.run_forever()
+    finally:
+        worker.close()
     log.info("worker stopped")
     return 0
 
