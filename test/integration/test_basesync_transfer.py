@@ -177,7 +177,7 @@ def config(servers, directory: str, **overrides) -> Config:
                   ssh=SshOptions(user="root", port=servers["port"], key=servers["key"],
                                  known_hosts=servers["known_hosts"], io_timeout=10),
                   hosts=dict(ADDRESSES), reserve_mib=0, concurrency=1, poll_interval=1, stall_timeout=3,
-                  hypervisor="test:///default", in_cluster=False, state_dir=os.path.dirname(directory))
+                  pace_percent=0, hypervisor="test:///default", in_cluster=False, state_dir=os.path.dirname(directory))
     values.update(overrides)
     return Config(**values)
 
@@ -416,3 +416,21 @@ def test_a_node_follows_a_peer_copy_that_is_still_arriving(servers, dirs):
     assert result["state"] == "verified" and result["holder"] == "me", result
     assert seen_while_arriving, "the follower only started once the peer had the whole copy"
     assert verify.file_digest(os.path.join(dirs["node"], "big.img")) == digest
+
+
+def test_a_node_with_followers_paces_its_copy_of_a_complete_base(servers, dirs):
+    """It measures its first seconds at full speed, then asks rsync for `pace` of that rate;
+    the copy still completes, verified."""
+    size = 24 * MIB
+    digest = random_file(os.path.join(dirs["main"], "big.img"), size)
+    add(dirs["main"], "big.img", "big", None)
+    capped = SshOptions(port=servers["port"], key=servers["key"], known_hosts=servers["known_hosts"],
+                        io_timeout=10, bwlimit_kib=4096)
+    node = worker(servers, dirs["node"], FakeCluster(["main", "me", "peer"]), ssh=capped, pace_percent=50)
+    started = time.monotonic()
+    node.run_pass()
+    took = time.monotonic() - started
+    assert node.status["bases"]["big"]["state"] == "verified"
+    assert verify.file_digest(os.path.join(dirs["node"], "big.img")) == digest
+    # 3 s at 4 MiB/s, then 21 MiB at about 2 MiB/s: clearly longer than 6 s at full speed.
+    assert took > 8, took

@@ -235,7 +235,7 @@ def main_node(tmp_path, monkeypatch, used=frozenset()):
     monkeypatch.setattr(inuse, "files_in_use", lambda directory, bases, uri, deadline: set(used))
     config = worker_module.Config(node="main", source="main", directory=str(tmp_path), resource="r",
                                   ssh=SshOptions(), hosts={}, reserve_mib=0, concurrency=1, poll_interval=1,
-                                  stall_timeout=2, hypervisor=None, in_cluster=False, state_dir=str(tmp_path))
+                                  stall_timeout=2, pace_percent=0, hypervisor=None, in_cluster=False, state_dir=str(tmp_path))
     return worker_module.Worker(config, RecordingCluster(), Log("basesync", "t", {}))
 
 

@@ -18,7 +18,8 @@ from lxml import etree
 TOP = Path(__file__).resolve().parents[2]
 # Expected pages, and the sub-commands each command's page must describe.
 OCF_PAGES = {"man7/ocf_ravada_VirtualDomain.7": "agents/VirtualDomain",
-             "man7/ocf_ravada_nodeinfo.7": "agents/nodeinfo"}
+             "man7/ocf_ravada_nodeinfo.7": "agents/nodeinfo",
+             "man7/ocf_ravada_basesync.7": "agents/basesync"}
 FENCE_PAGES = {"man8/fence_rbd.8": "tools/fence_rbd",
                "man8/fence_ravada_lab.8": "lab/fence_ravada_lab"}
 COMMAND_PAGES = {"man8/ravada-place.8": ("tools/ravada-place",
@@ -29,6 +30,7 @@ COMMAND_PAGES = {"man8/ravada-place.8": ("tools/ravada-place",
                                             ["create", "list", "delete", "thaw"]),
                  "man8/ravada-backup.8": ("tools/ravada-backup", ["export", "verify", "restore"]),
                  "man8/ravada-cib.8": ("tools/ravada-cib", ["list", "render"]),
+                 "man8/ravada-basesync.8": ("tools/ravada-basesync", ["add", "remove", "show"]),
                  "man8/ravada-node.8": ("tools/ravada-node", ["drain", "undrain", "shutdown", "wake"]),
                  "man8/ravada-cluster.8": ("tools/ravada-cluster", ["emergency-shutdown", "resume"]),
                  "man8/ravada-lab.8": ("lab/ravada-lab",

@@ -109,6 +109,11 @@ PARAMETERS: tuple[Parameter, ...] = (
     P("stall_timeout", "Stall timeout (s)",
       "A holder that sends nothing for this long is left for another one.",
       type="integer", default=30, minimum=2, maximum=3600),
+    P("pace", "Chain pacing (%)",
+      "A node that copies a complete base while other nodes follow it in the chain copies at "
+      "this percentage of the rate it measures in its first seconds, so the followers catch "
+      "up instead of falling further behind at each hop. 0: full speed.",
+      type="integer", default=80, minimum=0, maximum=100),
     P("hypervisor", "Hypervisor URI",
       "libvirt URI whose defined and running domains may use bases (never deleted or "
       "replaced while used). Default: libvirt's default URI."),
@@ -227,7 +232,8 @@ class BaseSync(Agent):
                                      control_dir=self.control_dir()),
                       hosts=parse_hosts(p["hosts"] or ""), reserve_mib=p["reserve"],
                       concurrency=p["concurrency"], poll_interval=p["poll_interval"],
-                      stall_timeout=p["stall_timeout"], hypervisor=p["hypervisor"] or None,
+                      stall_timeout=p["stall_timeout"], pace_percent=p["pace"],
+                      hypervisor=p["hypervisor"] or None,
                       in_cluster=self.in_cluster, state_dir=self.env.rsc_tmp)
 
     def control_dir(self) -> str | None:

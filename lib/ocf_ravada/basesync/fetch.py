@@ -11,6 +11,11 @@ seconds is left for the next candidate: any node with a verified copy (node attr
 ravada-base-<name> equal to the manifest's digest), the main node, then the nodes further up
 the chain. The temporary copy stays across holders and restarts, so nothing is sent twice.
 The copy is used only when its SHA-256 matches the manifest.
+
+Pacing: a node behind another in the chain cannot catch up with it (both links have the same
+rate), and each of its rsync runs starts a little behind; the lag adds up along the chain. So
+a node that reads a complete copy while nodes follow it copies at `pace` (e.g. 0.8) of the
+rate it measured in its first seconds: the followers then close the gap on every run.
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ from .transfer import Pulled, SshOptions, pull
 
 INCOMING = ".basesync/incoming"
 WAIT = 0.2       # between two runs that found nothing new
+MEASURE = 3.0    # seconds of full-speed copying that measure the link before pacing
 
 
 class FetchFailed(Exception):
@@ -70,7 +76,8 @@ class Fetcher:
 
     def __init__(self, base: Base, directory: str, options: SshOptions, address: Callable[[str], str],
                  source: str, stall_timeout: float, report: Callable[[Progress], None],
-                 stop: Callable[[], bool], clock=time.monotonic, sleep=time.sleep) -> None:
+                 stop: Callable[[], bool], pace: float = 0.0, followed: bool = False,
+                 clock=time.monotonic, sleep=time.sleep) -> None:
         self.base = base
         self.directory = directory
         self.options = options
@@ -79,6 +86,8 @@ class Fetcher:
         self.stall_timeout = stall_timeout
         self.report = report
         self.stop = stop
+        self.pace = pace
+        self.followed = followed
         self.clock = clock
         self.sleep = sleep
         self.temporary = os.path.join(directory, temporary_name(base))
@@ -119,13 +128,14 @@ class Fetcher:
         if not verified:
             paths.reverse()    # a peer still receiving: its temporary copy first
         last_growth = self.clock()
+        limit = self._paced_limit(holder, paths[0]) if verified and self.followed and self.pace else None
         while True:
             size = self._size()
             if size >= self.base.size:
                 return self._check(holder)
-            result = self._run(holder, paths[0])
+            result = self._run(holder, paths[0], limit)
             if result.missing:
-                result = self._run(holder, paths[1])
+                result = self._run(holder, paths[1], limit)
                 if not result.missing:
                     paths.reverse()
             if result.no_space:
@@ -144,9 +154,22 @@ class Fetcher:
             if self.stop():
                 return "stopped"
 
-    def _run(self, holder: str, path: str) -> Pulled:
-        return pull(self.options, self.address(holder), path, self.temporary,
-                    while_running=self._tick, stop=self.stop)
+    def _run(self, holder: str, path: str, limit_kib: int | None = None, stop=None) -> Pulled:
+        options = self.options
+        if limit_kib and (not options.bwlimit_kib or limit_kib < options.bwlimit_kib):
+            options = dataclasses.replace(options, bwlimit_kib=limit_kib)
+        return pull(options, self.address(holder), path, self.temporary,
+                    while_running=self._tick, stop=stop or self.stop)
+
+    def _paced_limit(self, holder: str, path: str) -> int | None:
+        """Copy MEASURE seconds at full speed; the KiB/s limit that paces the rest (None: the
+        copy ended meanwhile or nothing was measured)."""
+        before, started = self._size(), self.clock()
+        self._run(holder, path, stop=lambda: self.stop() or self.clock() - started > MEASURE)
+        gained, elapsed = self._size() - before, self.clock() - started
+        if gained <= 0 or elapsed <= 0 or self._size() >= self.base.size:
+            return None
+        return max(1, int(gained / elapsed * self.pace / 1024))
 
     def _check(self, holder: str) -> str | None:
         self._tick()

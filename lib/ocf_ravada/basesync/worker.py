@@ -51,6 +51,7 @@ class Config:
     concurrency: int
     poll_interval: int
     stall_timeout: int
+    pace_percent: int
     hypervisor: str | None
     in_cluster: bool
     state_dir: str
@@ -103,7 +104,12 @@ class Worker:
 
     def run_forever(self) -> None:
         while not self.stopping.is_set():
-            self.run_pass()
+            try:
+                self.run_pass()
+            except Exception as err:   # a bug or an odd file system: say so, try again later
+                import traceback
+
+                self.log.error("pass failed: " + "".join(traceback.format_exception(err)).strip())
             self.wake.wait(self.config.poll_interval)
             self.wake.clear()
 
@@ -330,8 +336,11 @@ class Worker:
                                         if n != self.config.source and base.wanted_on(n)]
         verified = self.cluster.holders(base.name, base.sha256)
         holders = candidates(self.config.node, self.config.source, chain, verified)
+        me = self.config.node
+        followed = me in chain and chain.index(me) < len(chain) - 1
         fetcher = Fetcher(base, self.directory, self.config.ssh, self.address, self.config.source,
-                          self.config.stall_timeout, report, self.stopping.is_set)
+                          self.config.stall_timeout, report, self.stopping.is_set,
+                          pace=self.config.pace_percent / 100, followed=followed)
         started = time.monotonic()
         try:
             holder = fetcher.run(holders, verified)
