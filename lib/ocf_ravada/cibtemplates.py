@@ -338,7 +338,9 @@ def _check_unique_ids(cib: etree._Element) -> None:
     seen: dict[str, str] = {}
     for element in cib.find("configuration").iter(etree.Element):
         ident = element.get("id")
-        if ident is None:
+        # A <node>'s id is no XML ID in Pacemaker's schema: a remote node's <node> has the id
+        # of its connection resource (both are the node's name), a cluster node's a number.
+        if ident is None or element.tag == "node":
             continue
         if ident in seen:
             raise VariableError(f"id {ident!r} would be used twice in the configuration "

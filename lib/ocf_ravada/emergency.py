@@ -20,7 +20,9 @@ What it does, each step logged, all of it bounded by one deadline:
     for stopping the stack.
  5. Sets stop-all-resources=true (the clones and fence devices stop; nothing starts when the
     cluster comes back before `resume`), then stops Pacemaker and corosync on every node
-    (this one last) and, with --poweroff, powers them off.
+    (this one last) and, with --poweroff, powers them off.  Remote nodes (pacemaker_remote)
+    run neither: stopping the full nodes ends their connections cleanly, and with
+    --poweroff they are powered off first.
 
 `resume` (after power returns and the stack is started again) restores every saved value and
 removes the lock.
@@ -221,8 +223,11 @@ class EmergencyShutdown:
         for number, vms in enumerate(classes, 1):
             names = ", ".join(f"{vm.id} ({', '.join(sorted(active.get(vm.id, ()))) or 'stopped'})" for vm in vms)
             lines.append(f"class {number} (priority {vms[0].priority}): stop {names}")
+        remote = _online_nodes(status, kind="remote")
         lines.append("then: op_defaults on-fail=block, stop-all-resources=true, stop pacemaker and corosync on "
-                     f"{', '.join(_online_nodes(status)) or 'no node'}" + (", power off" if self.poweroff else ""))
+                     f"{', '.join(_online_nodes(status)) or 'no node'}"
+                     + (f", power off (remote nodes {', '.join(remote)} too)" if self.poweroff and remote
+                        else ", power off" if self.poweroff else ""))
         return lines
 
     def run(self) -> bool:
@@ -314,6 +319,7 @@ class EmergencyShutdown:
             return
         status = pacemaker.cluster_status(self.deadline)
         nodes = _online_nodes(status)
+        remote = _online_nodes(status, kind="remote")
         others = [n for n in nodes if n != self.shell.local_node]
         local = [n for n in nodes if n == self.shell.local_node]
         _set_lock("state", "done", self.deadline)
@@ -321,7 +327,8 @@ class EmergencyShutdown:
             self._on_nodes(others, what)
             self._on_nodes(local, what)
         if self.poweroff:
-            for node in others + local:
+            # Their connections ended with the full nodes' stack: no one is left to fence them.
+            for node in remote + others + local:
                 try:
                     self.log(f"{node}: powering off")
                     self.shell.power_off(node, self.deadline.bounded(30))
@@ -362,9 +369,10 @@ def _active(status: etree._Element) -> dict[str, set[str]]:
     return active_nodes(status)
 
 
-def _online_nodes(status: etree._Element) -> list[str]:
+def _online_nodes(status: etree._Element, kind: str = "member") -> list[str]:
+    """Online nodes of crm_mon's type `kind`: "member" (corosync) or "remote"."""
     return [n.get("name") for n in status.iterfind("nodes/node")
-            if n.get("online") == "true" and n.get("type", "member") == "member"]
+            if n.get("online") == "true" and n.get("type", "member") == kind]
 
 
 def resume(deadline: Deadline, log: Callable[[str], None], force: bool = False) -> list[str]:

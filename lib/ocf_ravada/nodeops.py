@@ -12,12 +12,19 @@ drain     plans the evacuation with ravada-place's planner (the same plan `ravad
           capacity is unknown: every node is taken as able to hold every VM, as Pacemaker
           places without a placement-strategy; bans, base rules and colocations still count.
 undrain   removes the bans of the node (crm_resource --clear) and the attribute.
-shutdown  drain, then stop Pacemaker and corosync on the node, then power it off.
+shutdown  drain, then stop Pacemaker and corosync on the node, then power it off.  A remote
+          node (pacemaker_remote) runs neither: its connection resource is disabled
+          (target-role Stopped, as `pcs resource disable` does) and the node powered off once
+          the cluster sees it offline; pacemaker-remoted dies with it, nothing left to fence.
 wake      sends a Wake-on-LAN packet to the MAC in node attribute ravada-mac (UDP 7 and 9)
-          and waits until the node is online in the cluster again.
+          and waits until the node is online in the cluster again.  For a remote node whose
+          connection is disabled it waits until pacemaker-remoted accepts TCP connections at
+          the connection's server and port, then enables the connection (a connection
+          started earlier would fail and be banned from every cluster node).
 """
 from __future__ import annotations
 
+import socket
 import time
 from dataclasses import dataclass, field, replace
 from typing import Callable
@@ -32,6 +39,7 @@ DRAINED_ATTRIBUTE = "ravada-drained"
 MAC_ATTRIBUTE = "ravada-mac"
 POLL = 2.0
 WOL_RESEND = 20.0
+REMOTE_PORT = 3121      # pacemaker-remoted's default (ocf:pacemaker:remote's port)
 
 
 class OpsError(Exception):
@@ -219,6 +227,25 @@ def wait_online(node: str, online: bool, deadline: Deadline, between: Callable[[
             return False
 
 
+def node_kind(node: str, deadline: Deadline) -> tuple[str, etree._Element | None]:
+    """(kind, connection): #kind of the node ("cluster", "remote", "container") and, for a
+    remote node, its ocf:pacemaker:remote primitive."""
+    cib = pacemaker.query_cib(deadline)
+    kind = pacemaker.node_kinds(cib).get(node)
+    if kind is None:
+        raise OpsError(f"unknown node {node!r}")
+    return kind, pacemaker.remote_connection(cib, node)
+
+
+def disconnect_remote(node: str, connection: str, deadline: Deadline, log: Callable[[str], None]) -> None:
+    """Stop a remote node's connection (what still runs there stops first) and wait until
+    the cluster sees the node offline."""
+    log(f"{node}: disabling its connection resource {connection}")
+    pacemaker.set_meta(connection, "target-role", "Stopped", deadline)
+    if not wait_online(node, False, deadline):
+        raise OpsError(f"{node} is still online in the cluster after its connection {connection} was disabled")
+
+
 def stop_stack(node: str, shell: NodeShell, deadline: Deadline, log: Callable[[str], None]) -> None:
     """Stop Pacemaker on the node (it stops what still runs there), wait until the cluster
     sees it offline, then stop corosync."""
@@ -235,12 +262,20 @@ def stop_stack(node: str, shell: NodeShell, deadline: Deadline, log: Callable[[s
 
 def shutdown(node: str, deadline: Deadline, shell: NodeShell, force: bool = False,
              log: Callable[[str], None] = print) -> DrainReport:
+    kind, connection = node_kind(node, deadline)
+    if kind == "container":
+        raise OpsError(f"{node} is a guest node (a VM resource's remote-node): stop that resource instead")
+    if kind == "remote" and connection is None:
+        raise OpsError(f"remote node {node} has no ocf:pacemaker:remote connection resource to disable")
     report = drain(node, deadline, force=force, log=log)
     for line in report.lines():
         log(line)
     if not report.complete and not force:
         raise Refused(f"{node} still holds VMs; not shutting it down (use --force)")
-    stop_stack(node, shell, deadline, log)
+    if connection is not None:
+        disconnect_remote(node, connection.get("id"), deadline, log)
+    else:
+        stop_stack(node, shell, deadline, log)
     log(f"{node}: powering off")
     try:
         shell.power_off(node, deadline.bounded(60))
@@ -272,6 +307,44 @@ def wake(node: str, deadline: Deadline, broadcast: str = "255.255.255.255",
             log(f"{node}: Wake-on-LAN packet for {mac_text} sent to {broadcast} udp 7 and 9")
 
     send()
+    connection = pacemaker.remote_connection(cib, node)
+    if connection is not None and _disabled(connection):
+        if not wait:
+            return True
+        address = _remote_address(connection)
+        log(f"{node}: waiting for pacemaker-remoted at {address[0]} port {address[1]}")
+        if not _wait_listening(address, deadline, send):
+            return False
+        log(f"{node}: enabling its connection resource {connection.get('id')}")
+        pacemaker.delete_meta(connection.get("id"), "target-role", deadline)
     if not wait:
         return True
     return wait_online(node, True, deadline, send)
+
+
+def _disabled(primitive: etree._Element) -> bool:
+    roles = [nv.get("value", "") for nv in primitive.iterfind("meta_attributes/nvpair")
+             if nv.get("name") == "target-role"]
+    return any(role.strip().lower() == "stopped" for role in roles)
+
+
+def _remote_address(connection: etree._Element) -> tuple[str, int]:
+    """(server, port) of an ocf:pacemaker:remote primitive (server defaults to its id)."""
+    params = {nv.get("name"): nv.get("value", "") for nv in connection.iterfind("instance_attributes/nvpair")}
+    try:
+        port = int(params.get("port") or REMOTE_PORT)
+    except ValueError:
+        raise OpsError(f"connection {connection.get('id')}: port {params.get('port')!r} is not a number") from None
+    return params.get("server") or connection.get("id"), port
+
+
+def _wait_listening(address: tuple[str, int], deadline: Deadline, between: Callable[[], None]) -> bool:
+    while True:
+        try:
+            with socket.create_connection(address, timeout=max(0.1, deadline.bounded(5))):
+                return True
+        except OSError:
+            pass
+        between()
+        if not deadline.pause(POLL):
+            return False

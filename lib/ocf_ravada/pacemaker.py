@@ -32,7 +32,14 @@ API (all take `deadline: Deadline` and optional `limit` seconds):
     delete_element(scope, element)                             cibadmin --delete
     local_node_name(deadline)                                  crm_node --name
     node_attribute(cib, node, name) / node_attributes(cib, name)   read a parsed CIB
+    node_kinds(cib) -> {node: kind}                            every node: cluster, remote, container
+    remote_connection(cib, node) -> primitive | None           a remote node's ocf:pacemaker:remote
     node_online(status, node)                                  from crm_mon's XML
+
+Remote nodes (pacemaker_remote) have no <node> in the configuration until a permanent
+attribute is set on them: their connection resource (ocf:pacemaker:remote, id = node name)
+or a guest resource's meta remote-node declares them, and status holds them as
+<node_state remote_node="true">.  node_kinds() finds them all.
 
 Node attributes are read with Pacemaker's precedence: a transient attribute (the node's
 status section, written by attrd / crm_attribute --lifetime reboot) wins over the permanent
@@ -357,6 +364,50 @@ def node_attributes(cib: etree._Element, name: str) -> dict[str, str]:
 def node_attribute(cib: etree._Element, node: str, name: str) -> str | None:
     """The value Pacemaker uses for node attribute `name` on `node`, None when unset."""
     return node_attributes(cib, name).get(node)
+
+
+REMOTE_AGENT = ("ocf", "pacemaker", "remote")
+
+
+def _agent(primitive: etree._Element) -> tuple[str | None, str | None, str | None]:
+    return primitive.get("class"), primitive.get("provider"), primitive.get("type")
+
+
+def node_kinds(cib: etree._Element) -> dict[str, str]:
+    """Every node the CIB declares, name -> kind as rule attribute #kind names it: "cluster"
+    (corosync members), "remote" (ocf:pacemaker:remote connection, named by its id) or
+    "container" (guest node: a resource's meta remote-node).  Configuration order first,
+    then remote and guest nodes without a <node> element, then nodes only status knows."""
+    declared: dict[str, str] = {}
+    resources = cib.find("configuration/resources")
+    for primitive in resources.iter("primitive") if resources is not None else ():
+        if _agent(primitive) == REMOTE_AGENT and primitive.get("id"):
+            declared[primitive.get("id")] = "remote"
+        guest = _values(primitive, "meta_attributes", "remote-node")
+        if guest:
+            declared[guest] = "container"
+    kinds: dict[str, str] = {}
+    for node in cib.iterfind("configuration/nodes/node"):
+        name = node.get("uname") or node.get("id")
+        if name:
+            kinds[name] = declared.get(name) or ("remote" if node.get("type") == "remote" else "cluster")
+    for name, kind in declared.items():
+        kinds.setdefault(name, kind)
+    for state in cib.iterfind("status/node_state"):
+        name = state.get("uname") or state.get("id")
+        if name and state.get("remote_node") == "true":
+            kinds.setdefault(name, "remote")
+    return kinds
+
+
+def remote_connection(cib: etree._Element, node: str) -> etree._Element | None:
+    """The ocf:pacemaker:remote primitive that connects remote node `node` (None: the node
+    is a cluster node, a guest node or unknown)."""
+    resources = cib.find("configuration/resources")
+    for primitive in resources.iter("primitive") if resources is not None else ():
+        if primitive.get("id") == node and _agent(primitive) == REMOTE_AGENT:
+            return primitive
+    return None
 
 
 def node_online(status: etree._Element, node: str) -> bool | None:

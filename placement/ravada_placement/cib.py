@@ -18,6 +18,7 @@ import re
 from dataclasses import replace
 
 from lxml import etree
+from ocf_ravada.pacemaker import node_kinds
 
 from . import pacemaker, rules
 from .domain import domain_size
@@ -101,15 +102,19 @@ class _Reader:
                        if self.status is not None else {})
         states = {state.get("uname"): state for state in self.cib.iterfind("status/node_state")}
         drained = _drained_nodes(self.cib)
+        elements = {}
         for node_el in self.config.iterfind("nodes/node"):
-            name = node_el.get("uname") or _require_id(node_el)
+            elements[node_el.get("uname") or _require_id(node_el)] = node_el
+        # Remote and guest nodes have no <node> until a permanent attribute is set on them.
+        for name, kind in node_kinds(self.cib).items():
+            node_el = elements.get(name)
             state = states.get(name)
             transient = state.find("transient_attributes") if state is not None else None
             utilization = _nvpairs(node_el, "utilization") | _nvpairs(transient, "utilization")
             # Pacemaker's precedence: a transient attribute wins over the permanent one.
             attributes = _nvpairs(node_el, "instance_attributes") | _nvpairs(transient, "instance_attributes")
-            self.node_attributes[name] = attributes | {"#uname": name, "#id": node_el.get("id", name),
-                                                       "#kind": node_el.get("type", "cluster")}
+            node_id = node_el.get("id", name) if node_el is not None else name
+            self.node_attributes[name] = attributes | {"#uname": name, "#id": node_id, "#kind": kind}
             bases = frozenset(key[len(BASE_ATTRIBUTE_PREFIX):] for key, value in attributes.items()
                               if key.startswith(BASE_ATTRIBUTE_PREFIX)
                               and value.strip().lower() not in ABSENT_VALUES)
