@@ -12,28 +12,20 @@ from pathlib import Path
 
 from . import cibtemplates, pacemaker, safexml
 from .cibtemplates import TemplateError, VariableError
+from .cliargs import Parser, UsageError
 from .deadline import Deadline
 
 EXIT_REJECTED, EXIT_USAGE = 1, 2
 
 
-class UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        raise UsageError(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="ravada-cib",
+    parser = Parser(prog="ravada-cib",
                      description="Pacemaker configuration for ocf-ravada clusters from templates "
                                  "(VMs, nodeinfo and basesync clones, base rules, placement options, "
                                  "alerts, fencing topology).",
                      epilog="A saved CIB is also read when $CIB_file names it, like Pacemaker's tools.")
     parser.add_argument("--templates", metavar="DIR", help="template directory (default: the installed one)")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
     commands.add_parser("list", help="the templates and their variables")
     render = commands.add_parser("render", help="print TEMPLATE filled with name=value variables")
     render.add_argument("template", metavar="TEMPLATE")

@@ -6,50 +6,31 @@ still running at the deadline (the stack was stopped anyway).
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 
 from . import emergency, pacemaker
+from .cliargs import Parser, UsageError, seconds
 from .deadline import Deadline
 from .nodeshell import NodeShell
 
 EXIT_ERROR, EXIT_USAGE, EXIT_LATE = 1, 2, 3
 
 
-class UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        raise UsageError(message)
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and 10 <= value <= 86400):
-        raise argparse.ArgumentTypeError(f"not a number of seconds in [10, 86400]: {text!r}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="ravada-cluster",
+    parser = Parser(prog="ravada-cluster",
                      description="Stop every VM of the cluster in priority order within a deadline, "
                                  "then the cluster stack (a UPS on low battery); resume afterwards.",
                      epilog="Safe to run on several nodes at once: one invocation does the work, the "
                             "others wait for it.  Commands on other nodes go through $RAVADA_NODE_SHELL.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
     stop = commands.add_parser("emergency-shutdown", help="stop all VMs, then the stack on every node")
-    stop.add_argument("--deadline", type=_seconds, default=300.0, metavar="SECONDS",
+    stop.add_argument("--deadline", type=seconds("--deadline", minimum=10), default=300.0, metavar="SECONDS",
                       help="everything done within this long (default 300)")
     stop.add_argument("--dry-run", action="store_true", help="show what would be done, change nothing")
     stop.add_argument("--poweroff", action="store_true", help="power the nodes off at the end")
     resume = commands.add_parser("resume", help="undo an emergency shutdown once the cluster runs again")
     resume.add_argument("--force", action="store_true", help="even while an emergency shutdown seems to run")
-    resume.add_argument("--timeout", type=_seconds, default=120.0, metavar="SECONDS",
+    resume.add_argument("--timeout", type=seconds("--timeout", minimum=10), default=120.0, metavar="SECONDS",
                         help="limit for Pacemaker's tools (default 120)")
     return parser
 

@@ -7,50 +7,31 @@ did not move, or the node did not come back, in time).
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 
 from . import nodeops, pacemaker
+from .cliargs import Parser, UsageError, seconds
 from .deadline import Deadline
 from .nodeshell import NodeCommandError, NodeShell
 
 EXIT_ERROR, EXIT_USAGE, EXIT_INCOMPLETE = 1, 2, 3
 
 
-class UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        raise UsageError(message)
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and 0 < value <= 86400):
-        raise argparse.ArgumentTypeError(f"not a number of seconds in (0, 86400]: {text!r}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="ravada-node",
+    parser = Parser(prog="ravada-node",
                      description="Drain a node by live migration (ravada-place's plan), undrain it, "
                                  "shut it down, or wake it with Wake-on-LAN.",
                      epilog="Commands on other nodes go through $RAVADA_NODE_SHELL (default: ssh "
                             "-o BatchMode=yes -o ConnectTimeout=10 {node}); power-off through "
                             "$RAVADA_NODE_POWEROFF when set.  wake needs node attribute ravada-mac.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
     for name, text in (("drain", "live-migrate every VM off NODE and keep them off"),
                        ("undrain", "let VMs run on NODE again"),
                        ("shutdown", "drain NODE, stop its cluster stack, power it off"),
                        ("wake", "send NODE a Wake-on-LAN packet and wait until it rejoins")):
         sub = commands.add_parser(name, help=text)
         sub.add_argument("node", metavar="NODE")
-        sub.add_argument("--timeout", type=_seconds, default=600.0, metavar="SECONDS",
+        sub.add_argument("--timeout", type=seconds("--timeout"), default=600.0, metavar="SECONDS",
                          help="give up after this long (default 600)")
         if name in ("drain", "shutdown"):
             sub.add_argument("--force", action="store_true",

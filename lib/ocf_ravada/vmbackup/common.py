@@ -7,7 +7,8 @@ import signal
 import sys
 from typing import Callable
 
-from ..deadline import Deadline, parse_seconds
+from ..cliargs import seconds
+from ..deadline import Deadline
 from ..rbd.cluster import CephSession
 from ..rbd.errors import BadDiskSpec, RbdError
 from ..virt.connection import VirtError
@@ -18,15 +19,6 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 class Interrupted(Exception):
     """SIGTERM or SIGHUP: unwinds like Ctrl-C so cleanups (the thaw) run."""
-
-
-def seconds(what: str, maximum: float = 86400) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        try:
-            return parse_seconds(text, what, maximum)
-        except ValueError as err:
-            raise argparse.ArgumentTypeError(str(err)) from None
-    return parse
 
 
 def positive_int(text: str) -> int:
