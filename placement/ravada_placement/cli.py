@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from lxml import etree
+from ocf_ravada.cliargs import Parser, UsageError
 
 from . import cib as cibmod
 from . import cibgen
@@ -28,15 +29,6 @@ EXIT_INPUT, EXIT_USAGE, EXIT_INCOMPLETE, EXIT_PACEMAKER = 1, 2, 3, 4
 APPLY_ATTEMPTS = 3
 
 
-class UsageError(Exception):
-    """A bad command line (argparse's message, printed on one line)."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        raise UsageError(message)
-
-
 def _ratio(text: str) -> float:
     try:
         value = float(text)
@@ -48,7 +40,7 @@ def _ratio(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = _Parser(add_help=False)
+    common = Parser(add_help=False)
     source = common.add_mutually_exclusive_group()
     source.add_argument("--cib", metavar="FILE", help="a saved CIB (cibadmin --query) instead of the live cluster")
     source.add_argument("--json", metavar="FILE", help="a JSON cluster description (planning only)")
@@ -73,10 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--write-cib", metavar="FILE", help="write the CIB with the constraints applied")
     common.add_argument("--apply", action="store_true", help="apply the constraints to the live CIB (one atomic change)")
 
-    parser = _Parser(prog="ravada-place",
+    parser = Parser(prog="ravada-place",
                                      description="Place libvirt VMs on Pacemaker nodes by vCPU, memory, user and base.",
                                      epilog="Options go after the command: ravada-place place --explain vm1")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
     place = commands.add_parser("place", parents=[common], help="place new or stopped VMs (all, or those named)")
     place.add_argument("vms", nargs="*", metavar="VM")
     drain = commands.add_parser("drain", parents=[common], help="move every VM off NODE")
