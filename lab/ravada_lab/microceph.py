@@ -53,6 +53,8 @@ class Node:
 class MicroCeph:
     workdir: Path
     watch_timeout: int = 10
+    # The OSD keeps every object in RAM and blocks writes when this is full.
+    memstore_bytes: int = 512 << 20
     node_names: tuple[str, ...] = ("node-a", "node-b", "node-c")
     nodes: dict[str, Node] = field(default_factory=dict)
     pids: dict[str, int] = field(default_factory=dict)
@@ -165,7 +167,7 @@ osd data = {d}/osd/$cluster-$id
 admin socket = {d}/run/$cluster-$name.asok
 keyring = {d}/keyring
 osd objectstore = memstore
-memstore device bytes = 536870912
+memstore device bytes = {self.memstore_bytes}
 osd op num shards = 1
 osd op num threads per shard = 2
 [client]
