@@ -30,7 +30,7 @@ from .transfer import Pulled, SshOptions, pull
 
 INCOMING = ".basesync/incoming"
 WAIT = 0.2       # between two runs that found nothing new
-MEASURE = 3.0    # seconds of full-speed copying that measure the link before pacing
+MEASURE = 4.0    # seconds of full-speed copying that measure the link before pacing
 
 
 class FetchFailed(Exception):
@@ -162,12 +162,26 @@ class Fetcher:
                     while_running=self._tick, stop=stop or self.stop)
 
     def _paced_limit(self, holder: str, path: str) -> int | None:
-        """Copy MEASURE seconds at full speed; the KiB/s limit that paces the rest (None: the
-        copy ended meanwhile or nothing was measured)."""
-        before, started = self._size(), self.clock()
-        self._run(holder, path, stop=lambda: self.stop() or self.clock() - started > MEASURE)
-        gained, elapsed = self._size() - before, self.clock() - started
-        if gained <= 0 or elapsed <= 0 or self._size() >= self.base.size:
+        """Copy about MEASURE seconds at full speed; the KiB/s limit that paces the rest (None:
+        the copy ended meanwhile or nothing was measured). The rate is taken over the second
+        half of the window, once the connection is set up and TCP has ramped up."""
+        started = self.clock()
+        samples: list[tuple[float, int]] = []    # (time, size) from the first byte on
+
+        def measured_enough() -> bool:
+            size = self._size()
+            if samples or size > 0:
+                samples.append((self.clock(), size))
+            return self.stop() or bool(samples) and samples[-1][0] - samples[0][0] > MEASURE \
+                or self.clock() - started > MEASURE + self.stall_timeout
+
+        self._run(holder, path, stop=measured_enough)
+        if len(samples) < 3 or self._size() >= self.base.size:
+            return None
+        middle = samples[0][0] + (samples[-1][0] - samples[0][0]) / 2
+        start = next(s for s in samples if s[0] >= middle)
+        gained, elapsed = samples[-1][1] - start[1], samples[-1][0] - start[0]
+        if gained <= 0 or elapsed <= 0:
             return None
         return max(1, int(gained / elapsed * self.pace / 1024))
 
