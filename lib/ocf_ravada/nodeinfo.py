@@ -33,6 +33,9 @@ MIB = 1024 * 1024
 # Values compared exactly: a count or flag that changes is always worth writing.
 EXACT = frozenset({"cpu", "ravada-cpus", "ravada-vms", "ravada-vms-vcpus", "ravada-storage-full"})
 UTILIZATION = ("cpu", "hv_memory")
+# A transient attribute always published: read back each monitor to notice the cluster
+# dropped them all (one crm_attribute call).
+MARKER = "ravada-cpus"
 # Longest wait for one statvfs: a hung NFS mount must not eat the whole monitor.
 STATVFS_LIMIT = 5.0
 # Longest wait for one CIB write (advisory data: the next monitor retries).
@@ -220,6 +223,8 @@ class NodeInfo(Agent):
         if not self.can_write:
             self.log.info(f"not in a cluster; would publish utilization {utilization}, attributes {attributes}")
             return
+        if recorded and self.transient_attributes_lost():
+            recorded = {}
         threshold = self.params["change_threshold"]
         for name, value in list(utilization.items()) + list(attributes.items()):
             if not worth_writing(name, recorded.get(name), value, threshold):
@@ -238,6 +243,22 @@ class NodeInfo(Agent):
             recorded[name] = value
             self.log.debug(f"published {name}={value}")
         self.state.save({"published": recorded})
+
+
+    def transient_attributes_lost(self) -> bool:
+        """The cluster dropped this node's transient attributes while we kept running: a
+        remote node's are purged when the full node hosting its connection dies and the
+        connection is recovered elsewhere.  ravada-cpus, always published, tells."""
+        try:
+            value = pacemaker.query_node_attribute(MARKER, self.deadline, self.node, lifetime="reboot",
+                                                   limit=WRITE_LIMIT)
+        except pacemaker.PacemakerError as err:
+            self.log.debug(f"{MARKER} not read back: {err}")
+            return False
+        if value is None:
+            self.log.info(f"{MARKER} is gone from the cluster: publishing every value again")
+            return True
+        return False
 
 
 def measure(params: Values, deadline: Deadline, log: Log) -> Measurement:

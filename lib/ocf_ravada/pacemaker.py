@@ -22,6 +22,7 @@ API (all take `deadline: Deadline` and optional `limit` seconds):
     verify_cib(root, deadline) -> (valid, messages)            crm_verify of a parsed CIB
     apply_change(old, new, deadline)                           old -> new as one cibadmin --patch
     set_node_attribute / set_node_utilization / set_utilization / delete_utilization
+    query_node_attribute(name, deadline, node=, lifetime=) -> str | None
     delete_node_attribute(name, deadline, node=, lifetime=)
     set_option(section, name, value) / delete_option(section, name)   crm_config, rsc/op_defaults
     option(cib, section, name)                                 read one from a parsed CIB
@@ -198,6 +199,19 @@ def set_node_attribute(name: str, value: str, deadline: Deadline, node: str | No
     """crm_attribute: permanent (lifetime forever) or transient (reboot) node attribute."""
     argv = ["crm_attribute", "--type", "nodes", "--name", name, "--update", value, "--lifetime", lifetime]
     run(argv + (["--node", node] if node else []), deadline, limit=limit)
+
+
+def query_node_attribute(name: str, deadline: Deadline, node: str | None = None,
+                         lifetime: str = "forever", limit: float = DEFAULT_LIMIT) -> str | None:
+    """crm_attribute --query of one node attribute; None when it is not set."""
+    argv = ["crm_attribute", "--type", "nodes", "--name", name, "--query", "--quiet", "--lifetime", lifetime]
+    # 105 (CRM_EX_NOSUCH): no such attribute.
+    try:
+        return run(argv + (["--node", node] if node else []), deadline, limit=limit).strip()
+    except ToolFailed as err:
+        if err.returncode == 105:
+            return None
+        raise
 
 
 def delete_node_attribute(name: str, deadline: Deadline, node: str | None = None,
