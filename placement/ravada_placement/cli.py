@@ -13,6 +13,7 @@ from pathlib import Path
 
 from lxml import etree
 from ocf_ravada.cliargs import Parser, UsageError
+from ocf_ravada.pacemaker import node_kinds
 
 from . import cib as cibmod
 from . import cibgen
@@ -218,7 +219,10 @@ def _write_output(cib: etree._Element, path: Path) -> None:
 
 
 def _show_simulation(plan: Plan, cluster: Cluster, new_cib, with_status: bool) -> None:
-    nodes_up = [] if with_status else list(cluster.nodes)
+    # Remote nodes come up when the simulation starts their connections: --node-up on one
+    # without a <node> element makes crm_simulate take it for a cluster node, and plan nothing.
+    kinds = node_kinds(new_cib)
+    nodes_up = [] if with_status else [n for n in cluster.nodes if kinds.get(n) == "cluster"]
     where = simulate(new_cib, nodes_up)
     def primitives(rsc: str) -> list[str]:
         """A group's members (the graph names primitives), else the resource itself."""

@@ -7,10 +7,14 @@ live remote node: test/placement/test_remote_live.py."""
 from __future__ import annotations
 
 import copy
+import sys
 from pathlib import Path
 
 import pytest
 from lxml import etree
+
+# The tree's placement package, not an installed copy (test/conftest.py puts only lib/ first).
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "placement"))
 
 from ocf_ravada import nodeops, pacemaker
 from ocf_ravada.deadline import Deadline
@@ -187,3 +191,23 @@ def test_emergency_shutdown_powers_off_remote_nodes_without_stopping_a_stack_the
     assert powered[0] == "rnode1" and sorted(powered) == ["node1", "node2", "rnode1"], recorded
     stack_stops = [i for i, line in enumerate(recorded) if "--shutdown" in line or "-H" in line]
     assert max(stack_stops) < recorded.index("rnode1 power-off"), recorded
+
+
+
+def test_simulating_a_saved_configuration_brings_up_only_cluster_nodes(tmp_path, monkeypatch):
+    """crm_simulate --node-up on a remote node that has no <node> takes it for a cluster node
+    and computes no transition (seen with Pacemaker 2.1.5): the remote nodes come up when the
+    simulation starts their connections."""
+    from ravada_placement import cli
+    cib = copy.deepcopy(sample("online-cib.xml"))
+    cib.remove(cib.find("status"))
+    for name in ("pnode1", "pnode2"):
+        node = cib.find(f"configuration/nodes/node[@uname='{name}']")
+        add(node, f'<utilization id="{name}-u"><nvpair id="{name}-u1" name="cpu" value="4"/>'
+                  f'<nvpair id="{name}-u2" name="hv_memory" value="4096"/></utilization>')
+    path = tmp_path / "cib.xml"
+    path.write_bytes(etree.tostring(with_vm(cib)))
+    brought_up = []
+    monkeypatch.setattr(cli, "simulate", lambda _cib, nodes_up: brought_up.extend(nodes_up) or {})
+    assert cli.main(["place", "--simulate", "--cib", str(path)]) == 0
+    assert brought_up == ["pnode1", "pnode2"]
