@@ -134,7 +134,7 @@ class LabCeph:
         self._thread: ThreadPoolExecutor | None = None
         self.cluster = _SwitchCeph(
             ceph_dir(lab), watch_timeout=10,
-            lab_nodes={name: str(lab.node(name, len(state.node_names)).address)
+            lab_nodes={name: state.address(name)
                        for name in state.node_names})
 
     def _call(self, function, *args):

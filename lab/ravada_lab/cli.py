@@ -11,7 +11,7 @@ from pathlib import Path
 from . import lifecycle, shaping, tour
 from .cluster import observe
 from .errors import LabError
-from .layout import DEFAULT_NAME, DEFAULT_ROOT, LabLayout, check_node_count
+from .layout import DEFAULT_NAME, DEFAULT_ROOT, LabLayout, check_node_count, check_remote_count
 from .node import EXEC_TIMEOUT, NODE_ENV, enter_command
 from .protocol import request
 from .state import LabState
@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--ceph", action="store_true",
                     help="also a throw-away Ceph (1 mon, 1 OSD) on the lab switch, and fence_rbd "
                     "with the power fence device in every node's fencing level 1")
+    up.add_argument("--remote-nodes", type=int, default=0, metavar="N",
+                    help="also N pacemaker_remote nodes remote1..N (pacemaker-remoted, libvirtd; "
+                    "no corosync), connected by ocf:pacemaker:remote resources")
     up.add_argument("--link-rate", metavar="RATE",
                     help="limit every node's link to RATE each way (tc syntax: 200mbit, 1gbit)")
     shape = sub.add_parser("shape", parents=[common], help="limit every node's link (egress "
@@ -87,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace, lab: LabLayout) -> int:
     if args.command == "up":
-        lifecycle.up(lab, check_node_count(args.nodes), ceph=args.ceph, link_rate=args.link_rate)
+        lifecycle.up(lab, check_node_count(args.nodes), ceph=args.ceph, link_rate=args.link_rate,
+                     remote_count=check_remote_count(args.remote_nodes))
         print(_status_text(lab))
         return 0
     if args.command == "down":

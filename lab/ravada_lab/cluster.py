@@ -16,11 +16,21 @@ class ClusterView:
     dc: str | None
     online: set[str]
     unclean: set[str]
+    # pacemaker_remote nodes the cluster knows (crm_mon's type="remote"), online or not
+    remote: set[str] = field(default_factory=set)
+    standby: set[str] = field(default_factory=set)
     # resource id -> nodes it is active on (a migrating resource can list two)
     resources: dict[str, list[str]] = field(default_factory=dict)
     roles: dict[str, str] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
     fencing_history: list[dict] = field(default_factory=list)
+
+    def settled(self, nodes: list[str] | set[str]) -> bool:
+        """Every one of `nodes` online and clean, a DC elected, and each remote node's
+        connection resource (named like it) started: a remote node counts as online as soon
+        as its connection begins to start."""
+        return (self.dc is not None and set(nodes) <= self.online and not self.unclean
+                and all(self.roles.get(n) == "Started" for n in self.remote & set(nodes)))
 
     @classmethod
     def parse(cls, xml: bytes) -> "ClusterView":
@@ -30,6 +40,8 @@ class ClusterView:
             dc=dc.get("name") if dc is not None and dc.get("present") == "true" else None,
             online={n.get("name") for n in root.iterfind("nodes/node") if n.get("online") == "true"},
             unclean={n.get("name") for n in root.iterfind("nodes/node") if n.get("unclean") == "true"},
+            remote={n.get("name") for n in root.iterfind("nodes/node") if n.get("type") == "remote"},
+            standby={n.get("name") for n in root.iterfind("nodes/node") if n.get("standby") == "true"},
         )
         for rsc in root.iter("resource"):
             view.resources[rsc.get("id")] = [n.get("name") for n in rsc.iterfind("node")]

@@ -22,7 +22,8 @@ from pathlib import Path
 
 from . import procs, shaping, wakeonlan
 from .errors import LabError
-from .layout import BRIDGE, SUBNET, SWITCH_ADDRESS, LabLayout, check_node_count
+from .layout import (BRIDGE, SUBNET, SWITCH_ADDRESS, LabLayout, check_node_count,
+                     check_remote_count)
 from .node import Node, run
 from .protocol import LAB_OPS, NODE_OPS
 
@@ -33,9 +34,11 @@ REBOOT_DELAY = 3.0
 
 
 class Controller:
-    def __init__(self, lab: LabLayout, count: int, link_rate: str | None = None):
+    def __init__(self, lab: LabLayout, count: int, link_rate: str | None = None,
+                 remote_count: int = 0):
         self.lab = lab
-        self.nodes = {n.name: Node(lab, n) for n in lab.nodes(count)}
+        self.nodes = {n.name: Node(lab, n)
+                      for n in lab.nodes(count) + lab.remote_nodes(remote_count)}
         self.link_rate: str | None = None  # as given (e.g. 200mbit); None: links unshaped
         self._set_rate(link_rate)
         self.lock = threading.Lock()
@@ -220,10 +223,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", required=True)
     parser.add_argument("--root", type=Path, required=True)
     parser.add_argument("--nodes", type=int, required=True)
+    parser.add_argument("--remote-nodes", type=int, default=0)
     parser.add_argument("--link-rate")
     args = parser.parse_args(argv)
     lab = LabLayout.for_lab(args.name, args.root)
-    controller = Controller(lab, check_node_count(args.nodes), args.link_rate)
+    controller = Controller(lab, check_node_count(args.nodes), args.link_rate,
+                            check_remote_count(args.remote_nodes))
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=controller.shutdown).start())
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.umask(0o077)

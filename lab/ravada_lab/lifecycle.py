@@ -11,7 +11,7 @@ from pathlib import Path
 
 import ravada_lab
 
-from . import ceph_service, configs, procs, shaping, sshd
+from . import ceph_service, configs, procs, remote, shaping, sshd
 from .cluster import ClusterView, wait_until
 from .errors import LabError
 from .layout import DEFAULT_ROOT, PRIVATE_DIRS, LabLayout
@@ -56,25 +56,29 @@ def preflight(lab: LabLayout) -> None:
                        f"`ravada-lab down --name {lab.name}`")
 
 
-def write_lab_files(lab: LabLayout, count: int) -> None:
+def write_lab_files(lab: LabLayout, count: int, remote_count: int = 0) -> None:
     lab.root.mkdir(parents=True, mode=0o755)
     lab.shared_dir.mkdir()
     subprocess.run(["corosync-keygen", "-k", str(lab.authkey)], check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    remote.make_authkey(lab)
     nodes = lab.nodes(count)
-    lab.hosts_file.write_text(configs.hosts_file(nodes))
-    for node in nodes:
+    every = nodes + lab.remote_nodes(remote_count)
+    lab.hosts_file.write_text(configs.hosts_file(every))
+    for node in every:
         write_node_files(lab, node, nodes)
-    sshd.provision(lab, nodes)
+    sshd.provision(lab, every)
 
 
-def start_controller(lab: LabLayout, count: int, link_rate: str | None = None) -> None:
+def start_controller(lab: LabLayout, count: int, link_rate: str | None = None,
+                     remote_count: int = 0) -> None:
     # The controller runs from the ravada_lab this run imported (source tree or installed).
     env = dict(os.environ, PYTHONPATH=str(Path(ravada_lab.__file__).resolve().parent.parent))
     with open(lab.controller_log, "ab") as log:
         controller = subprocess.Popen(
             ["unshare", "--net", "--", PYTHON, "-m", "ravada_lab.controller",
              "--name", lab.name, "--root", str(lab.root.parent), "--nodes", str(count),
+             "--remote-nodes", str(remote_count),
              *(["--link-rate", link_rate] if link_rate else [])],
             env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
             cwd="/")
@@ -100,31 +104,46 @@ def configure_fencing(state: LabState) -> None:
 
 def publish_macs(state: LabState) -> None:
     """Each node's MAC as node attribute ravada-mac, where `ravada-node wake` looks for it."""
-    count = len(state.node_names)
     for name in state.node_names:
         node_run(state, state.node_names[0], ["crm_attribute", "--node", name, "--name", "ravada-mac",
-                                              "--update", state.lab.node(name, count).mac])
+                                              "--update", state.info(name)["mac"]])
+
+
+def connect_remotes(state: LabState) -> None:
+    """One ocf:pacemaker:remote connection per remote node (named like it), in one CIB update."""
+    count = len(state.remote_nodes)
+    layouts = [state.lab.node(name, 0, count) for name in state.remote_nodes]
+    node_run(state, state.node_names[0], ["cibadmin", "--create", "--scope", "resources",
+                                          "--xml-text", remote.connection_resources(layouts).decode()])
 
 
 def up(lab: LabLayout, count: int, progress=print, ceph: bool = False,
-       link_rate: str | None = None) -> ClusterView:
-    """Bring the lab up; `link_rate` (tc syntax, e.g. 200mbit) shapes every node's cable."""
+       link_rate: str | None = None, remote_count: int = 0) -> ClusterView:
+    """Bring the lab up: `count` full nodes and `remote_count` pacemaker_remote nodes;
+    `link_rate` (tc syntax, e.g. 200mbit) shapes every node's cable."""
     if link_rate is not None:
         shaping.parse_rate(link_rate)
     preflight(lab)
+    if remote_count:
+        remote.remoted_path()
     if ceph:
         ceph_service.preflight()
     started = time.monotonic()
     try:
-        write_lab_files(lab, count)
-        start_controller(lab, count, link_rate)
-        progress(f"booting {count} nodes ...")
+        write_lab_files(lab, count, remote_count)
+        start_controller(lab, count, link_rate, remote_count)
+        progress(f"booting {count} nodes" + (f" and {remote_count} remote nodes" if remote_count
+                                             else "") + " ...")
         request(lab.control_socket, "boot", timeout=BOOT_TIMEOUT)
         state = LabState.load(lab)
         progress(f"nodes booted in {time.monotonic() - started:.1f}s; waiting for the cluster ...")
-        wait_until(state, lambda v: v.dc is not None and v.online == set(state.node_names),
+        wait_until(state, lambda v: v.dc is not None and set(state.full_nodes) <= v.online,
                    "all nodes online with a DC", FORM_TIMEOUT)
         configure_fencing(state)
+        if remote_count:
+            connect_remotes(state)
+            wait_until(state, lambda v: v.settled(state.node_names),
+                       "remote nodes connected", FORM_TIMEOUT)
         publish_macs(state)
         view = wait_until(state, lambda v: v.roles.get(FENCE_DEVICE) == "Started",
                           f"fence device {FENCE_DEVICE} started", FORM_TIMEOUT)

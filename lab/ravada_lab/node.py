@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psutil
 
-from . import configs, procs, shaping, sshd
+from . import configs, procs, remote, shaping, sshd
 from .errors import LabError
 from .layout import BRIDGE, NODE_IFACE, PRIVATE_DIRS, SUBNET, SWITCH_ADDRESS, LabLayout, NodeLayout
 
@@ -30,13 +30,24 @@ NODE_ENV = {
     "PCMK_logfacility": "none",
 }
 # (name, argv): every daemon in the foreground, so `setsid -f` leaves it a child of the holder.
-DAEMONS = (
+BASE_DAEMONS = (
     ("virtlogd", ["virtlogd"]),
     ("libvirtd", ["libvirtd", "--listen"]),
     ("sshd", sshd.daemon_argv()),
+)
+DAEMONS = BASE_DAEMONS + (
     ("corosync", ["corosync", "-f"]),
     ("pacemakerd", ["pacemakerd"]),
 )
+
+
+def daemons_of(node: NodeLayout) -> tuple[tuple[str, list[str]], ...]:
+    """What a node runs: a full node its cluster stack, a remote node only pacemaker-remoted."""
+    if node.remote:
+        return BASE_DAEMONS + (("pacemaker-remoted", remote.daemon_argv()),)
+    return DAEMONS
+
+
 START_TIMEOUT = 30.0
 OFF_TIMEOUT = 15.0
 # The longest command the lab's remote shell (`ravada-lab ssh`) runs inside a node.
@@ -73,6 +84,7 @@ def write_node_files(lab: LabLayout, node: NodeLayout, nodes: list[NodeLayout]) 
     os.chown(cib, hacluster, haclient)
     os.chmod(cib, 0o600)
     os.chown(node.private_dir("/var/log/pacemaker"), hacluster, haclient)
+    remote.install_authkey(lab, node)
 
     corosync = node.private_dir("/etc/corosync")
     (corosync / "corosync.conf").write_text(configs.corosync_conf(lab, nodes))
@@ -196,7 +208,7 @@ class Node:
 
     def _start_daemons(self) -> None:
         assert self.holder is not None
-        for name, argv in DAEMONS:
+        for name, argv in daemons_of(self.layout):
             if name == "pacemakerd":
                 self._wait_for(["corosync-cfgtool", "-s"], "corosync")
             with open(self.layout.log_dir / f"{name}.log", "ab") as log:
@@ -271,7 +283,14 @@ class Node:
         if not self.powered:
             return {}
         assert self.holder is not None
-        return {procs.command_name(c.pid): c.pid for c in psutil.Process(self.holder).children()}
+        found = {}
+        for child in psutil.Process(self.holder).children():
+            try:
+                # psutil's name, not /proc/PID/comm: comm cuts pacemaker-remoted to 15 chars.
+                found[child.name()] = child.pid
+            except psutil.Error:
+                continue  # gone meanwhile
+        return found
 
     def describe(self) -> dict:
         return {
@@ -285,6 +304,7 @@ class Node:
             "cut": self.cut,
             "address": str(self.layout.address),
             "mac": self.layout.mac,
+            "kind": "remote" if self.layout.remote else "full",
             "link_rate": self.link_rate,
         }
 

@@ -30,6 +30,16 @@ class LabState:
     def node_names(self) -> list[str]:
         return list(self.data["nodes"])
 
+    @property
+    def full_nodes(self) -> list[str]:
+        """Cluster nodes running corosync and pacemakerd (node1, node2, ...)."""
+        return [n for n, info in self.data["nodes"].items() if info.get("kind") != "remote"]
+
+    @property
+    def remote_nodes(self) -> list[str]:
+        """pacemaker_remote nodes (remote1, ...), each connected by a resource of its name."""
+        return [n for n, info in self.data["nodes"].items() if info.get("kind") == "remote"]
+
     def info(self, node: str) -> dict:
         info = self.data["nodes"].get(node)
         if info is None:

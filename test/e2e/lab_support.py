@@ -98,8 +98,8 @@ class Lab:
 
     def settle(self) -> None:
         """Every node online (a fenced node has rebooted and rejoined), no failures left."""
-        self.wait(lambda v: v.online == set(self.state().node_names) and not v.unclean
-                  and v.dc is not None, "all lab nodes online")
+        names = self.state().node_names
+        self.wait(lambda v: v.online == set(names) and v.settled(names), "all lab nodes online")
         self.pcs("resource", "cleanup")
 
     def fence_events(self, node: str) -> list[dict]:
@@ -142,12 +142,16 @@ def remove_stale_labs(prefix: str, before_down: Callable[[LabLayout], None] = la
 
 
 @contextlib.contextmanager
-def running_lab(name: str, request, nodes: int = NODES) -> Iterator[Lab]:
-    """A lab up for a fixture's scope: its logs kept when tests failed meanwhile, always down."""
+def running_lab(name: str, request, nodes: int = NODES, remote_nodes: int = 0,
+                *up_args: str) -> Iterator[Lab]:
+    """A lab up for a fixture's scope: its logs kept when tests failed meanwhile, always down.
+    `remote_nodes`: also pacemaker_remote nodes remote1..N; `up_args`: more `up` options
+    (e.g. "--link-rate", "200mbit")."""
     layout = LabLayout.for_lab(name)
     started = time.monotonic()
     failed_before = request.session.testsfailed
-    run_cli("up", "--nodes", str(nodes), "--name", name)
+    run_cli("up", "--nodes", str(nodes), "--remote-nodes", str(remote_nodes), "--name", name,
+            *up_args)
     print(f"\nlab {name!r} up in {time.monotonic() - started:.1f}s")
     try:
         yield Lab(layout)

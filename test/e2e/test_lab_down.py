@@ -20,7 +20,7 @@ def lab_links_on_host() -> list[str]:
     """Links with the lab's names in the host's namespace (the lab must never make any)."""
     out = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, check=True)
     names = [line.split(":")[1].strip().split("@")[0] for line in out.stdout.splitlines()]
-    return [n for n in names if n == BRIDGE or n.startswith("p-node")]
+    return [n for n in names if n == BRIDGE or n.startswith(("p-node", "p-remote"))]
 
 
 def mounts_under(root: Path) -> list[str]:
@@ -53,8 +53,9 @@ def test_down_leaves_nothing_behind(clean_host):
     name = f"e2e-{SESSION}-d"
     layout = LabLayout.for_lab(name)
     run_cli("down", "--name", name, check=False)
-    # Shaped links and sshd too: their qdiscs and daemons must go with the lab.
-    run_cli("up", "--nodes", "2", "--name", name, "--link-rate", "200mbit")
+    # Shaped links, sshd and a remote node too: their qdiscs and daemons go with the lab.
+    run_cli("up", "--nodes", "2", "--remote-nodes", "1", "--name", name,
+            "--link-rate", "200mbit")
     try:
         again = run_cli("up", "--nodes", "2", "--name", name, check=False)
         assert again.returncode == 1 and "already up" in again.stderr
@@ -62,6 +63,7 @@ def test_down_leaves_nothing_behind(clean_host):
         recorded = LabState.load(layout).data
         assert recorded["link_rate"] == "200mbit"
         assert all("sshd" in info["daemons"] for info in recorded["nodes"].values())
+        assert "pacemaker-remoted" in recorded["nodes"]["remote1"]["daemons"]
     finally:
         down = run_cli("down", "--name", name, check=False)
     assert down.returncode == 0, down.stderr
