@@ -113,7 +113,7 @@ PARAMETERS: tuple[Parameter, ...] = (
       "A node that copies a complete base while other nodes follow it in the chain copies at "
       "this percentage of the rate it measures in its first seconds, so the followers catch "
       "up instead of falling further behind at each hop. 0: full speed.",
-      type="integer", default=80, minimum=0, maximum=100),
+      type="integer", default=85, minimum=0, maximum=100),
     P("hypervisor", "Hypervisor URI",
       "libvirt URI whose defined and running domains may use bases (never deleted or "
       "replaced while used). Default: libvirt's default URI."),

@@ -67,7 +67,7 @@ class Progress:
     bytes: int = 0
     total: int = 0
     holder: str = ""
-    resumed_from: int = 0
+    resumed_from: int = 0     # bytes already here when the current holder started
 
 
 class Fetcher:
@@ -99,7 +99,6 @@ class Fetcher:
     def run(self, holders: list[str], verified: set[str]) -> str:
         """Fetch, verify and install; the holder the last bytes came from."""
         os.makedirs(os.path.dirname(self.temporary), mode=0o755, exist_ok=True)
-        self.progress.resumed_from = self._size()
         outcomes = self.outcomes
         for holder in holders:
             if self.stop():
@@ -124,6 +123,7 @@ class Fetcher:
     def _from(self, holder: str, verified: bool) -> str | None:
         """None once a verified copy is in place, else why this holder did not do."""
         self.progress.holder = holder
+        self.progress.resumed_from = self._size()
         paths = [self.base.file, temporary_name(self.base)]
         if not verified:
             paths.reverse()    # a peer still receiving: its temporary copy first
