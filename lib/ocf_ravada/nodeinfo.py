@@ -1,8 +1,11 @@
 """ocf:ravada:nodeinfo (run it as a clone).
 
 Publishes, for Pacemaker's utilization placement and for ravada-place:
-  node utilization  cpu        CPUs x cpu_ratio - reserve_cpus
-                    hv_memory  MiB of RAM - reserve_memory
+  node utilization  cpu          CPUs x cpu_ratio - reserve_cpus
+                    hv_memory    MiB of RAM - reserve_memory
+                    host_memory  the same: ocf:ravada:VirtualDomain (like resource-agents')
+                                 sets a VM's host_memory too, and Pacemaker takes a node
+                                 without it as having none, so no VM could run there.
   node attributes (transient, lifetime "reboot"):
     ravada-cpus, ravada-memory-total, ravada-memory-free (MiB, available to new processes),
     ravada-vms, ravada-vms-vcpus, ravada-vms-memory (running libvirt domains, MiB),
@@ -32,7 +35,7 @@ from .statefile import StateFile
 MIB = 1024 * 1024
 # Values compared exactly: a count or flag that changes is always worth writing.
 EXACT = frozenset({"cpu", "ravada-cpus", "ravada-vms", "ravada-vms-vcpus", "ravada-storage-full"})
-UTILIZATION = ("cpu", "hv_memory")
+UTILIZATION = ("cpu", "hv_memory", "host_memory")
 # A transient attribute always published: read back each monitor to notice the cluster
 # dropped them all (one crm_attribute call).
 MARKER = "ravada-cpus"
@@ -67,7 +70,7 @@ PARAMETERS: tuple[Parameter, ...] = (
       "CPUs (after cpu_ratio) subtracted from the published utilization cpu.",
       type="integer", default=0, minimum=0, reloadable=True),
     P("reserve_memory", "Memory kept for the host (MiB)",
-      "MiB subtracted from the node's RAM in the published utilization hv_memory "
+      "MiB subtracted from the node's RAM in the published utilization hv_memory and host_memory "
       "(host, QEMU overhead, page cache).", type="integer", default=1024, minimum=0, reloadable=True),
     P("storage_paths", "VM storage directories",
       "Space separated absolute paths whose free space is published (ravada-storage-free, "
@@ -100,7 +103,7 @@ INFO = AgentInfo(
     longdesc=(
         "Measures this node (CPUs and memory with psutil; running domains and storage pools "
         "with libvirt; free space of VM storage directories) and publishes node utilization "
-        "cpu and hv_memory (minus host reserves) plus transient node attributes ravada-cpus, "
+        "cpu, hv_memory and host_memory (minus host reserves) plus transient node attributes ravada-cpus, "
         "ravada-memory-total, ravada-memory-free, ravada-vms, ravada-vms-vcpus, "
         "ravada-vms-memory, ravada-storage-free and ravada-storage-full. A value is written "
         "only when it changed by more than change_threshold percent. Run it as a clone; "
@@ -133,6 +136,7 @@ def publishable(m: Measurement, params: Mapping) -> tuple[dict[str, int], dict[s
         "cpu": max(0, math.floor(m.cpus * float(params["cpu_ratio"])) - params["reserve_cpus"]),
         "hv_memory": max(0, m.memory_total_mib - params["reserve_memory"]),
     }
+    utilization["host_memory"] = utilization["hv_memory"]
     attributes = {"ravada-cpus": m.cpus, "ravada-memory-total": m.memory_total_mib,
                   "ravada-memory-free": m.memory_available_mib}
     if m.domains is not None:

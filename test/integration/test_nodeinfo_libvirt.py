@@ -86,8 +86,8 @@ def test_start_publishes_capacity_minus_reserves_and_running_domains(node, cib_f
         proc = agent(node, "start", cib_file, {"timeout": "30000"}, cpu_ratio="2", reserve_memory="512")
         assert proc.returncode == 0, proc.stderr
         utilization, attributes = published(cib_file, node.name)
-        assert utilization == {"cpu": psutil.cpu_count() * 2,
-                               "hv_memory": psutil.virtual_memory().total // 2**20 - 512}
+        capacity = psutil.virtual_memory().total // 2**20 - 512
+        assert utilization == {"cpu": psutil.cpu_count() * 2, "hv_memory": capacity, "host_memory": capacity}
         count, vcpus, memory = running_domains(node)
         assert count >= 2
         assert (attributes["ravada-vms"], attributes["ravada-vms-vcpus"], attributes["ravada-vms-memory"]) == \

@@ -27,15 +27,44 @@ def measurement(**changes):
 def test_utilization_applies_ratio_and_host_reserves():
     params = DEFAULTS | {"cpu_ratio": "4", "reserve_cpus": 2, "reserve_memory": 4096}
     utilization, attributes = nodeinfo.publishable(measurement(), params)
-    assert utilization == {"cpu": 30, "hv_memory": 28672}
+    assert utilization == {"cpu": 30, "hv_memory": 28672, "host_memory": 28672}
     assert attributes == {"ravada-cpus": 8, "ravada-memory-total": 32768, "ravada-memory-free": 20000,
                           "ravada-vms": 3, "ravada-vms-vcpus": 6, "ravada-vms-memory": 6144,
                           "ravada-storage-free": 50000, "ravada-storage-full": 0}
 
 
+def test_pacemaker_starts_a_vm_sized_by_our_vm_agent_on_a_node_sized_by_nodeinfo(tmp_path):
+    """Every utilization attribute VirtualDomain sets on a VM by default must be one nodeinfo
+    publishes: Pacemaker takes a missing node attribute as no capacity (a VM whose
+    host_memory no node offered could run nowhere).  Checked with Pacemaker's scheduler."""
+    from ocf_ravada.vdomain import utilization as vm_utilization
+    from ocf_ravada.vdomain.parameters import PARAMETERS as VM_PARAMETERS
+    from support.stack import require_stack
+    require_stack("Pacemaker's scheduler", "crm_simulate")
+    node_util, _ = nodeinfo.publishable(measurement(), DEFAULTS)
+    vm_defaults = {p.name: p.default for p in VM_PARAMETERS}
+    vm_util = vm_utilization.wanted(vm_defaults, 2, 2048 * 1024)
+    assert set(vm_util) <= set(node_util)
+    nvpairs = lambda owner, values: "".join(  # noqa: E731
+        f'<nvpair id="{owner}-{k}" name="{k}" value="{v}"/>' for k, v in values.items())
+    cib = tmp_path / "cib.xml"
+    cib.write_text(
+        '<cib validate-with="pacemaker-3.0" epoch="1" num_updates="0" admin_epoch="0" have-quorum="1">'
+        '<configuration><crm_config><cluster_property_set id="o">'
+        '<nvpair id="o1" name="stonith-enabled" value="false"/>'
+        '<nvpair id="o2" name="placement-strategy" value="utilization"/></cluster_property_set></crm_config>'
+        f'<nodes><node id="1" uname="n1"><utilization id="n1-u">{nvpairs("n1", node_util)}</utilization></node></nodes>'
+        '<resources><primitive id="vm1" class="ocf" provider="pacemaker" type="Dummy">'
+        f'<utilization id="vm1-u">{nvpairs("vm1", vm_util)}</utilization></primitive></resources>'
+        '<constraints/></configuration></cib>')
+    out = subprocess.run(["crm_simulate", "--xml-file", str(cib), "--node-up", "n1", "--simulate"],
+                         capture_output=True, text=True, timeout=60).stdout
+    assert "vm1\t(ocf:pacemaker:Dummy):\t Started n1" in out.split("Revised Cluster Status")[1], out
+
+
 def test_reserves_larger_than_the_node_publish_zero_not_negative():
     utilization, _ = nodeinfo.publishable(measurement(), DEFAULTS | {"reserve_cpus": 99, "reserve_memory": 99999})
-    assert utilization == {"cpu": 0, "hv_memory": 0}
+    assert utilization == {"cpu": 0, "hv_memory": 0, "host_memory": 0}
 
 
 @pytest.mark.parametrize("storage, free, full", [
