@@ -113,7 +113,7 @@ PARAMETERS: tuple[Parameter, ...] = (
       "A node that copies a complete base while other nodes follow it in the chain copies at "
       "this percentage of the rate it measures in its first seconds, so the followers catch "
       "up instead of falling further behind at each hop. 0: full speed.",
-      type="integer", default=85, minimum=0, maximum=100),
+      type="integer", default=0, minimum=0, maximum=100),
     P("hypervisor", "Hypervisor URI",
       "libvirt URI whose defined and running domains may use bases (never deleted or "
       "replaced while used). Default: libvirt's default URI."),
@@ -136,7 +136,7 @@ INFO = AgentInfo(
         "Copies the bases listed in the main node's manifest (name, size, SHA-256, format, "
         "backing chain, nodes) to this node, from the main node or any peer holding a copy, "
         "with rsync over ssh (host keys verified, rrsync -ro on the serving side). Nodes form "
-        "a pipelined chain, so N nodes take about the time of one copy. A copy is verified "
+        "a pipelined chain, so the main node's uplink carries each base once instead of once per node. A copy is verified "
         "against the SHA-256, fsync'ed, made read-only and renamed into place; only then is "
         "node attribute ravada-base-<name>=<sha256> published (the location rule of "
         "cib-templates/base-location.xml keeps VMs with meta ravada-base=<name> off nodes "
