@@ -27,7 +27,7 @@ AGENT = fenceagent.FenceAgent(
         Option("lab_root", "Directory holding the labs' state", str(DEFAULT_ROOT)),
     ),
     default_action="reboot",
-    plug_desc="Lab node to fence (node1, node2, ...)",
+    plug_desc="Lab node to fence (node1, node2, ..., remote1, ...)",
     automatic_on=False,
 )
 POWER_TIMEOUT = 120.0

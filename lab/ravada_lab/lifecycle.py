@@ -138,7 +138,7 @@ def up(lab: LabLayout, count: int, progress=print, ceph: bool = False,
         state = LabState.load(lab)
         progress(f"nodes booted in {time.monotonic() - started:.1f}s; waiting for the cluster ...")
         wait_until(state, lambda v: v.dc is not None and set(state.full_nodes) <= v.online,
-                   "all nodes online with a DC", FORM_TIMEOUT)
+                   "all full nodes online with a DC", FORM_TIMEOUT)
         configure_fencing(state)
         if remote_count:
             connect_remotes(state)
