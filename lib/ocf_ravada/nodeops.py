@@ -151,8 +151,10 @@ def drain(node: str, deadline: Deadline, force: bool = False, policy: str = "bal
     targets: dict[str, str | None] = {}     # resource -> planned node (None: it stops)
     for move in plan.moves:
         for rsc in plan.resources.get(move.vm, cluster.vms[move.vm].resources):
-            pacemaker.ban_resource(rsc, node, deadline)
+            # The move first: a ban alone makes Pacemaker migrate the VM wherever it likes at
+            # once, and the move arriving mid-migration turns it into a stop and a start.
             pacemaker.move_resource(rsc, move.target, deadline)
+            pacemaker.ban_resource(rsc, node, deadline)
             targets[rsc] = move.target
     for vm in plan.failures:
         for rsc in cluster.vms[vm].resources:
