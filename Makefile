@@ -71,6 +71,7 @@ bench:
 	bench/rbd-failover
 	bench/backup
 	bench/failover
+	bench/basesync
 
 clean:
 	find . -name __pycache__ -prune -exec rm -rf {} +

@@ -8,8 +8,9 @@ import subprocess
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SCRIPTS = ["agents/VirtualDomain", "agents/nodeinfo", "tools/fence_rbd", "tools/ravada-rbd", "tools/ravada-cib",
-           "tools/ravada-node", "tools/ravada-cluster", "alerts/ravada_alert"]
+SCRIPTS = ["agents/VirtualDomain", "agents/nodeinfo", "agents/basesync", "tools/fence_rbd", "tools/ravada-rbd",
+           "tools/ravada-cib", "tools/ravada-node", "tools/ravada-cluster", "tools/ravada-snapshot",
+           "tools/ravada-backup", "tools/ravada-basesync", "alerts/ravada_alert"]
 BLOCK = re.compile(r"^# -- sys\.path bootstrap.*?^# -- end of bootstrap -+$", re.S | re.M)
 
 
@@ -27,11 +28,15 @@ def test_every_entry_point_has_the_same_bootstrap():
 
 @pytest.mark.parametrize("script, argv", [("agents/VirtualDomain", ["meta-data"]),
                                           ("agents/nodeinfo", ["meta-data"]),
+                                          ("agents/basesync", ["meta-data"]),
                                           ("tools/fence_rbd", ["-o", "metadata"]),
                                           ("tools/ravada-rbd", ["--help"]),
                                           ("tools/ravada-cib", ["--help"]),
                                           ("tools/ravada-node", ["--help"]),
                                           ("tools/ravada-cluster", ["--help"]),
+                                          ("tools/ravada-snapshot", ["--help"]),
+                                          ("tools/ravada-backup", ["--help"]),
+                                          ("tools/ravada-basesync", ["--help"]),
                                           ("alerts/ravada_alert", [])])
 def test_installed_elsewhere_the_script_finds_its_library(tmp_path, script, argv):
     pylib = tmp_path / "pylib"
