@@ -87,8 +87,10 @@ def test_down_leaves_nothing_behind(clean_host):
 def test_interrupted_up_cleans_up(clean_host):
     name = f"e2e-{SESSION}-i"
     layout = LabLayout.for_lab(name)
+    # SIGINT at its default: a test session started in the background inherits it ignored.
     up = subprocess.Popen(RAVADA_LAB + ["up", "--nodes", "2", "--name", name],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         # Interrupt once the nodes run, while the cluster forms: the worst moment to leave.
         deadline = time.monotonic() + 60
