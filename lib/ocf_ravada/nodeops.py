@@ -176,7 +176,10 @@ def _wait_moved(node: str, targets: dict[str, str | None], deadline: Deadline, r
     status = None
     while pending:
         tick()
-        status = pacemaker.cluster_status(deadline)
+        try:
+            status = pacemaker.cluster_status(deadline)
+        except pacemaker.ToolTimeout:
+            break       # the deadline ran out during the look: report from the last one
         active = _active(status)
         for rsc in list(pending):
             where = active.get(rsc, set())

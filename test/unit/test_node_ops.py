@@ -106,6 +106,24 @@ def test_drain_reports_a_vm_that_could_not_move_and_why(cluster):
     assert f"{vm}: NOT moved" in "\n".join(report.lines())
 
 
+def test_drain_whose_deadline_runs_out_while_looking_reports_instead_of_failing(cluster, monkeypatch):
+    """crm_mon cut short by the deadline (a loaded node, a slow CIB) ends the wait with the
+    report of what did not move, not with an exception."""
+    node = busiest(cluster)
+    real_status, looks = nodeops.pacemaker.cluster_status, []
+
+    def status_then_timeout(deadline):
+        looks.append(deadline)
+        if len(looks) > 1:
+            raise nodeops.pacemaker.ToolTimeout("crm_mon did not answer within 0.1s")
+        return real_status(deadline)
+
+    monkeypatch.setattr(nodeops.pacemaker, "cluster_status", status_then_timeout)
+    report = nodeops.drain(node, Deadline(30), log=lambda _l: None)   # nothing settles: no tick
+    assert not report.complete
+    assert report.not_moved and all("when time ran out" in why for why in report.not_moved.values())
+
+
 def test_drain_refuses_when_a_vm_has_nowhere_to_go(cluster):
     # Two fillers take most of two nodes; big then fits only on the third.
     cluster.add_vm("filler1", memory=9000)
