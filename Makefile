@@ -72,6 +72,7 @@ bench:
 	bench/backup
 	bench/failover
 	bench/basesync
+	bench/scale
 
 clean:
 	find . -name __pycache__ -prune -exec rm -rf {} +
