@@ -104,11 +104,18 @@ class Lab:
 
     def fence_events(self, node: str) -> list[dict]:
         """Every fencing event of `node` (--verbose: otherwise only the latest success per
-        node is listed, which hides a reboot behind the unfencing that follows it)."""
+        node is listed, which hides a reboot behind the unfencing that follows it), as every
+        healthy node's fencer knows them: a node that just rebooted holds no history until
+        its fencer has synchronised with the others, so one node's answer is not enough."""
         from lxml import etree
-        out = self.run(self.state().healthy_nodes()[0], "stonith_admin", "--history", node,
-                       "--verbose", "--output-as=xml").stdout
-        return [dict(e.attrib) for e in etree.fromstring(out.encode()).iter("fence_event")]
+        events: dict[tuple, dict] = {}
+        for member in self.state().healthy_nodes():
+            out = self.run(member, "stonith_admin", "--history", node, "--verbose",
+                           "--output-as=xml", check=False)
+            if out.returncode == 0:
+                for event in etree.fromstring(out.stdout.encode()).iter("fence_event"):
+                    events.setdefault(tuple(sorted(event.attrib.items())), dict(event.attrib))
+        return list(events.values())
 
     def ssh(self, source: str, target: str, *argv: str,
             check: bool = True) -> subprocess.CompletedProcess:
