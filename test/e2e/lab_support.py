@@ -71,9 +71,9 @@ class Lab:
     def run(self, node: str, *argv: str, check: bool = True) -> subprocess.CompletedProcess:
         return node_run(self.state(), node, list(argv), check=check)
 
-    def pcs(self, *args: str, node: str | None = None) -> subprocess.CompletedProcess:
+    def pcs(self, *args: str, node: str | None = None, timeout: float = 60.0) -> subprocess.CompletedProcess:
         state = self.state()
-        return node_run(state, node or state.healthy_nodes()[0], ["pcs", *args])
+        return node_run(state, node or state.healthy_nodes()[0], ["pcs", *args], timeout=timeout)
 
     def view(self) -> ClusterView:
         return observe(self.state())
@@ -93,7 +93,8 @@ class Lab:
         return view.resources[vm][0]
 
     def delete_vm(self, name: str) -> None:
-        self.pcs("resource", "delete", name)
+        # pcs waits for the resource to stop, which can take a migration or a stop timeout.
+        self.pcs("resource", "delete", name, timeout=240.0)
         self.wait(lambda v: name not in v.resources, f"{name} deleted")
 
     def settle(self) -> None:
