@@ -21,7 +21,9 @@ API (all take `deadline: Deadline` and optional `limit` seconds):
     verify(cib_file, deadline) -> (valid, messages)            crm_verify
     verify_cib(root, deadline) -> (valid, messages)            crm_verify of a parsed CIB
     apply_change(old, new, deadline)                           old -> new as one cibadmin --patch
-    set_node_attribute / set_node_utilization / set_utilization / delete_utilization
+    set_node_attribute / set_node_utilization
+    set_resource_utilization(resource, values, deadline) -> bool   one patch, only what differs
+    with_utilization(cib, resource, values) -> new CIB         the edit it makes (pure)
     query_node_attribute(name, deadline, node=, lifetime=) -> str | None
     delete_node_attribute(name, deadline, node=, lifetime=)
     set_option(section, name, value) / delete_option(section, name)   crm_config, rsc/op_defaults
@@ -331,15 +333,47 @@ def set_node_utilization(name: str, value: str, deadline: Deadline, node: str | 
     run(argv + (["--node", node] if node else []), deadline, limit=limit)
 
 
-def set_utilization(resource: str, name: str, value: str, deadline: Deadline,
-                    limit: float = DEFAULT_LIMIT) -> None:
-    run(["crm_resource", "--resource", resource, "--utilization", "--set-parameter", name,
-         "--parameter-value", value], deadline, limit=limit)
+def set_resource_utilization(resource: str, values: Mapping[str, str | None], deadline: Deadline,
+                             limit: float = DEFAULT_LIMIT) -> bool:
+    """Set (a value) or remove (None) utilization attributes of primitive `resource` in one
+    CIB update, and only where the CIB differs: every configuration write makes the DC
+    abort and recompute its transition, so a start must not cost three of them, nor a VM
+    arriving on a node with the values already right cost any.  False: nothing to write."""
+    cib = query_cib(deadline, limit=limit)
+    return apply_change(cib, with_utilization(cib, resource, values), deadline, limit=limit)
 
 
-def delete_utilization(resource: str, name: str, deadline: Deadline, limit: float = DEFAULT_LIMIT) -> None:
-    run(["crm_resource", "--resource", resource, "--utilization", "--delete-parameter", name],
-        deadline, limit=limit)
+def with_utilization(cib: etree._Element, resource: str, values: Mapping[str, str | None]) -> etree._Element:
+    """A copy of `cib` with `values` set in (None: removed from) the first utilization
+    block of primitive `resource`, as crm_resource --utilization edits it; a block or
+    nvpair that must be added gets an id no element has."""
+    new = etree.fromstring(etree.tostring(cib))
+    primitive = next((p for p in new.iter("primitive") if p.get("id") == resource), None)
+    if primitive is None:
+        raise PacemakerError(f"no primitive {resource} in the CIB")
+    ids = {element.get("id") for element in new.iter() if element.get("id")}
+
+    def fresh(base: str) -> str:
+        candidate, number = base, 1
+        while candidate in ids:
+            number += 1
+            candidate = f"{base}-{number}"
+        ids.add(candidate)
+        return candidate
+
+    block = primitive.find("utilization")
+    for name, value in values.items():
+        pair = None if block is None else next((nv for nv in block.iterfind("nvpair") if nv.get("name") == name), None)
+        if value is None:
+            if pair is not None:
+                block.remove(pair)
+            continue
+        if block is None:
+            block = etree.SubElement(primitive, "utilization", id=fresh(f"{resource}-utilization"))
+        if pair is None:
+            pair = etree.SubElement(block, "nvpair", id=fresh(f"{block.get('id')}-{name}"), name=name)
+        pair.set("value", value)
+    return new
 
 
 # -- reading a parsed CIB ---------------------------------------------------------------

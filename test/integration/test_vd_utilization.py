@@ -4,6 +4,7 @@ import subprocess
 import uuid
 
 import pytest
+from lxml import etree
 
 from support.libvirt_node import domain_xml
 
@@ -30,11 +31,21 @@ def test_utilization_follows_the_domain_and_is_written_only_on_change(node, tmp_
     def utilization(attr):
         return cib(env, "crm_resource", "--resource", name, "--utilization", "--get-parameter", attr)
 
+    def epoch():
+        return int(etree.fromstring(cib(env, "cibadmin", "--query").encode()).get("epoch"))
+
     params = {"config": str(config)}
     monitor = {"interval": "10000", "timeout": "20000"}
     try:
+        before = epoch()
         assert node.agent("start", params, {"timeout": "60000"}, env=pacemaker).returncode == 0
         assert (utilization("cpu"), utilization("hv_memory"), utilization("host_memory")) == ("1", "96", "96")
+        assert epoch() == before + 1, "the three values are written in one CIB update"
+
+        # Started again (as on a node that never ran it): the CIB is right, nothing is written.
+        assert node.agent("stop", params, {"timeout": "20000"}, env=pacemaker).returncode == 0
+        assert node.agent("start", params, {"timeout": "60000"}, env=pacemaker).returncode == 0
+        assert epoch() == before + 1
 
         # An admin's edit survives monitors: they do not rewrite unchanged values.
         cib(env, "crm_resource", "--resource", name, "--utilization", "--set-parameter", "cpu",
@@ -75,7 +86,6 @@ def test_start_resources_starts_the_storage_pool_the_domain_uses(node, tmp_path)
     pool_dir.mkdir()
     pool_name = f"p{uuid.uuid4().hex[:6]}"
     conn = node.connect()
-    from lxml import etree
 
     pool = etree.Element("pool", type="dir")
     etree.SubElement(pool, "name").text = pool_name

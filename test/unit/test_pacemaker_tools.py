@@ -158,3 +158,61 @@ def test_rbd_local_node_name_is_none_when_pacemaker_cannot_tell(tmp_path, monkey
     assert time.monotonic() - started < 5
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     assert local_node_name() is None
+
+
+def _with_vm(root, utilization=""):
+    """`root` with primitive vm (in a clone, as a clone instance would be) and, given, its
+    utilization block."""
+    resources = root.find("configuration/resources")
+    resources.append(etree.fromstring(
+        f'<clone id="vm-clone"><primitive id="vm" class="ocf" provider="ravada" type="VirtualDomain">'
+        f'{utilization}</primitive></clone>'))
+    return root
+
+
+def test_utilization_edit_keeps_existing_ids_and_never_reuses_one():
+    taken = '<utilization id="u1"><nvpair id="vm-utilization" name="cpu" value="4"/>' \
+            '<nvpair id="u1-mem" name="hv_memory" value="1"/></utilization>'
+    root = _with_vm(pacemaker.safexml.parse(CIB), taken)
+    new = pacemaker.with_utilization(root, "vm", {"cpu": "2", "hv_memory": None, "host_memory": "96"})
+    block = new.find("configuration/resources/clone/primitive/utilization")
+    assert [(nv.get("id"), nv.get("name"), nv.get("value")) for nv in block] == [
+        ("vm-utilization", "cpu", "2"), ("u1-host_memory", "host_memory", "96")]
+    assert root.find("configuration/resources/clone/primitive/utilization/nvpair").get("value") == "4"
+
+
+def test_utilization_block_is_created_with_a_fresh_id():
+    root = _with_vm(pacemaker.safexml.parse(CIB))
+    root.find("configuration/constraints").append(etree.fromstring(
+        '<rsc_location id="vm-utilization" rsc="vm" node="node1" score="1"/>'))
+    new = pacemaker.with_utilization(root, "vm", {"cpu": "1"})
+    block = new.find("configuration/resources/clone/primitive/utilization")
+    assert block.get("id") == "vm-utilization-2"
+    assert [(nv.get("id"), nv.get("value")) for nv in block] == [("vm-utilization-2-cpu", "1")]
+    with pytest.raises(pacemaker.PacemakerError, match="no primitive ghost"):
+        pacemaker.with_utilization(root, "ghost", {"cpu": "1"})
+
+
+@needs_pacemaker
+def test_utilization_is_written_in_one_update_and_only_when_it_differs(cib_file):
+    pacemaker.create_element("resources", etree.fromstring(
+        '<primitive id="vm" class="ocf" provider="ravada" type="VirtualDomain"/>'), Deadline(10))
+
+    def epoch():
+        return int(pacemaker.query_cib(Deadline(10)).get("epoch"))
+
+    before = epoch()
+    values = {"cpu": "2", "hv_memory": "96", "host_memory": "96"}
+    assert pacemaker.set_resource_utilization("vm", values, Deadline(20)) is True
+    assert epoch() == before + 1
+    for name, value in values.items():
+        assert pacemaker.run(["crm_resource", "--resource", "vm", "--utilization", "--get-parameter", name],
+                             Deadline(10)).strip() == value
+    assert pacemaker.set_resource_utilization("vm", values, Deadline(20)) is False
+    assert epoch() == before + 1
+    assert pacemaker.set_resource_utilization("vm", {"cpu": None}, Deadline(20)) is True
+    left = pacemaker.query_cib(Deadline(10)).find("configuration/resources/primitive/utilization")
+    assert sorted(nv.get("name") for nv in left) == ["host_memory", "hv_memory"]
+    pacemaker.set_option("crm_config", "stonith-enabled", "false", Deadline(10))  # crm_verify's only complaint
+    valid, messages = pacemaker.verify(str(cib_file), Deadline(20))
+    assert valid, messages

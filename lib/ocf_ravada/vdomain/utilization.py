@@ -1,7 +1,9 @@
 """Resource utilization (cpu, host_memory, hv_memory) kept equal to the domain's size.
 
-The values last written are remembered in the state file, so the CIB is written only when
-a value changes (a resize, an edited config), not on every monitor as the shell agent does.
+The values last written are remembered in the state file, so the CIB is looked at only when
+a value changes (a resize, an edited config, a start), not on every monitor as the shell agent
+does; and then written in one update, only where it differs (each write makes the DC abort and
+recompute its transition: a burst of starts must not pay three per VM).
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ WHAT: dict[str, str] = {
 }
 ATTRIBUTES = tuple(WHAT)
 DELETED = "<deleted>"
-# Longest wait for one CIB write: placement data must not eat an action's time.
+# Longest wait for each tool (CIB query, diff, patch): placement data must not eat an action's time.
 WRITE_LIMIT = 5.0
 
 
@@ -66,18 +68,16 @@ def update(env: Environment, params, state: StateFile, vcpus: int, max_memory_ki
     # is no cluster whose CIB we could or should write.
     if not changes or rsc is None or not env.get("OCF_RESKEY_crm_feature_set"):
         return
-    from .. import pacemaker  # subprocess: only when something is written
+    from .. import pacemaker  # subprocess: only when something may be written
 
-    for attr, value in changes.items():
-        try:
-            if value == DELETED:
-                pacemaker.delete_utilization(rsc, attr, deadline, limit=WRITE_LIMIT)
-            else:
-                pacemaker.set_utilization(rsc, attr, value, deadline, limit=WRITE_LIMIT)
-        except pacemaker.PacemakerError as err:
-            # Placement data is advisory: never fail an action for it; retried next monitor.
-            log.info(f"utilization {attr} not updated: {err}")
-            continue
-        recorded[attr] = value
-        log.info(f"utilization {attr} of {rsc} " + ("removed" if value == DELETED else f"set to {value}"))
-    state.update(utilization=recorded)
+    try:
+        written = pacemaker.set_resource_utilization(
+            rsc, {a: None if v == DELETED else v for a, v in changes.items()}, deadline, limit=WRITE_LIMIT)
+    except pacemaker.PacemakerError as err:
+        # Placement data is advisory: never fail an action for it; retried next monitor.
+        log.info(f"utilization of {rsc} not updated: {err}")
+        return
+    if written:
+        log.info(f"utilization of {rsc}: " + ", ".join(
+            f"{a} removed" if v == DELETED else f"{a}={v}" for a, v in changes.items()))
+    state.update(utilization={**recorded, **changes})
