@@ -23,7 +23,7 @@ API (all take `deadline: Deadline` and optional `limit` seconds):
     apply_change(old, new, deadline)                           old -> new as one cibadmin --patch
     set_node_attribute / set_node_utilization
     set_resource_utilization(resource, values, deadline) -> bool   one patch, only what differs
-    with_utilization(cib, resource, values) -> new CIB         the edit it makes (pure)
+    with_utilization(cib, {resource: values}) -> new CIB       the edit it makes (pure)
     query_node_attribute(name, deadline, node=, lifetime=) -> str | None
     delete_node_attribute(name, deadline, node=, lifetime=)
     set_option(section, name, value) / delete_option(section, name)   crm_config, rsc/op_defaults
@@ -340,17 +340,18 @@ def set_resource_utilization(resource: str, values: Mapping[str, str | None], de
     abort and recompute its transition, so a start must not cost three of them, nor a VM
     arriving on a node with the values already right cost any.  False: nothing to write."""
     cib = query_cib(deadline, limit=limit)
-    return apply_change(cib, with_utilization(cib, resource, values), deadline, limit=limit)
+    return apply_change(cib, with_utilization(cib, {resource: values}), deadline, limit=limit)
 
 
-def with_utilization(cib: etree._Element, resource: str, values: Mapping[str, str | None]) -> etree._Element:
-    """A copy of `cib` with `values` set in (None: removed from) the first utilization
-    block of primitive `resource`, as crm_resource --utilization edits it; a block or
-    nvpair that must be added gets an id no element has."""
+def with_utilization(cib: etree._Element, changes: Mapping[str, Mapping[str, str | None]]) -> etree._Element:
+    """A copy of `cib` where, for each primitive id in `changes`, its values are set in (None:
+    removed from) the primitive's first utilization block, as crm_resource --utilization
+    edits it; a block or nvpair that must be added gets an id no element has."""
     new = etree.fromstring(etree.tostring(cib))
-    primitive = next((p for p in new.iter("primitive") if p.get("id") == resource), None)
-    if primitive is None:
-        raise PacemakerError(f"no primitive {resource} in the CIB")
+    primitives = {p.get("id"): p for p in new.iter("primitive") if p.get("id") in changes}
+    missing = sorted(set(changes) - set(primitives))
+    if missing:
+        raise PacemakerError(f"no primitive {', '.join(missing)} in the CIB")
     ids = {element.get("id") for element in new.iter() if element.get("id")}
 
     def fresh(base: str) -> str:
@@ -361,18 +362,21 @@ def with_utilization(cib: etree._Element, resource: str, values: Mapping[str, st
         ids.add(candidate)
         return candidate
 
-    block = primitive.find("utilization")
-    for name, value in values.items():
-        pair = None if block is None else next((nv for nv in block.iterfind("nvpair") if nv.get("name") == name), None)
-        if value is None:
-            if pair is not None:
-                block.remove(pair)
-            continue
-        if block is None:
-            block = etree.SubElement(primitive, "utilization", id=fresh(f"{resource}-utilization"))
-        if pair is None:
-            pair = etree.SubElement(block, "nvpair", id=fresh(f"{block.get('id')}-{name}"), name=name)
-        pair.set("value", value)
+    for resource, values in changes.items():
+        primitive = primitives[resource]
+        block = primitive.find("utilization")
+        for name, value in values.items():
+            pair = None if block is None else next((nv for nv in block.iterfind("nvpair")
+                                                    if nv.get("name") == name), None)
+            if value is None:
+                if pair is not None:
+                    block.remove(pair)
+                continue
+            if block is None:
+                block = etree.SubElement(primitive, "utilization", id=fresh(f"{resource}-utilization"))
+            if pair is None:
+                pair = etree.SubElement(block, "nvpair", id=fresh(f"{block.get('id')}-{name}"), name=name)
+            pair.set("value", value)
     return new
 
 

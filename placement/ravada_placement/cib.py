@@ -59,7 +59,7 @@ def has_node_status(cib: etree._Element) -> bool:
     return cib.find("status/node_state") is not None
 
 
-def _nvpairs(parent: etree._Element | None, block: str) -> dict[str, str]:
+def nvpairs(parent: etree._Element | None, block: str) -> dict[str, str]:
     """The nvpairs of the blocks `block` that apply unconditionally (blocks with a rule are
     for rsc_defaults-style conditions this tool does not evaluate)."""
     if parent is None:
@@ -89,8 +89,8 @@ class _Reader:
         self.status = status
         self.config = cib.find("configuration")
         self.active = pacemaker.active_nodes(status) if status is not None else {}
-        self.defaults = _nvpairs(self.config.find("rsc_defaults"), "meta_attributes")
-        properties = _nvpairs(self.config.find("crm_config"), "cluster_property_set")
+        self.defaults = nvpairs(self.config.find("rsc_defaults"), "meta_attributes")
+        properties = nvpairs(self.config.find("crm_config"), "cluster_property_set")
         self.symmetric = properties.get("symmetric-cluster", "true").strip().lower() not in ("false", "no", "0", "off")
         self.nodes: dict[str, Node] = {}
         self.node_attributes: dict[str, dict[str, str]] = {}
@@ -110,9 +110,9 @@ class _Reader:
             node_el = elements.get(name)
             state = states.get(name)
             transient = state.find("transient_attributes") if state is not None else None
-            utilization = _nvpairs(node_el, "utilization") | _nvpairs(transient, "utilization")
+            utilization = nvpairs(node_el, "utilization") | nvpairs(transient, "utilization")
             # Pacemaker's precedence: a transient attribute wins over the permanent one.
-            attributes = _nvpairs(node_el, "instance_attributes") | _nvpairs(transient, "instance_attributes")
+            attributes = nvpairs(node_el, "instance_attributes") | nvpairs(transient, "instance_attributes")
             node_id = node_el.get("id", name) if node_el is not None else name
             self.node_attributes[name] = attributes | {"#uname": name, "#id": node_id, "#kind": kind}
             bases = frozenset(key[len(BASE_ATTRIBUTE_PREFIX):] for key, value in attributes.items()
@@ -131,14 +131,14 @@ class _Reader:
     # -- resources -----------------------------------------------------------------------
 
     def meta(self, element: etree._Element, parent: etree._Element | None = None) -> dict[str, str]:
-        inherited = _nvpairs(parent, "meta_attributes") if parent is not None else {}
-        return self.defaults | inherited | _nvpairs(element, "meta_attributes")
+        inherited = nvpairs(parent, "meta_attributes") if parent is not None else {}
+        return self.defaults | inherited | nvpairs(element, "meta_attributes")
 
     def size(self, primitive: etree._Element, as_vm: bool) -> tuple[int, int]:
         name = _require_id(primitive)
-        utilization = _nvpairs(primitive, "utilization")
+        utilization = nvpairs(primitive, "utilization")
         if as_vm and ("cpu" not in utilization or "hv_memory" not in utilization):
-            config = _nvpairs(primitive, "instance_attributes").get("config")
+            config = nvpairs(primitive, "instance_attributes").get("config")
             vcpus, memory = domain_size(name, config)
             utilization = {"cpu": str(vcpus), "hv_memory": str(memory)} | utilization
         return (require_int(utilization.get("cpu", "0"), f"resource {name} utilization cpu"),
@@ -403,7 +403,7 @@ def _saturated(text: str, where: str, signed: bool = False) -> int:
 
 
 def _is_vm(primitive: etree._Element) -> bool:
-    return "hv_memory" in _nvpairs(primitive, "utilization") or primitive.get("type") in VM_AGENT_TYPES
+    return "hv_memory" in nvpairs(primitive, "utilization") or primitive.get("type") in VM_AGENT_TYPES
 
 
 def _unavailable(node: etree._Element | None) -> str | None:

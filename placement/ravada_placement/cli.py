@@ -13,11 +13,11 @@ from pathlib import Path
 
 from lxml import etree
 from ocf_ravada.cliargs import Parser, UsageError
-from ocf_ravada.pacemaker import node_kinds
+from ocf_ravada.pacemaker import node_kinds, with_utilization
 
 from . import cib as cibmod
 from . import cibgen
-from . import constraints, render
+from . import constraints, render, sizes
 from .jsonin import load_json
 from .model import SCORE_INFINITY, Cluster, InputError
 from .pacemaker import PacemakerError, apply, simulate, verify, write_cib
@@ -162,12 +162,16 @@ def _run(args: argparse.Namespace) -> int:
     score = constraints.parse_score(args.score)
     _check_options(args)
     keep_bans = args.command != "clear"
+    added_sizes: dict[str, dict[str, str]] = {}
     for _attempt in range(APPLY_ATTEMPTS if args.apply else 1):
         cib, cluster, with_status = _read(args)
         plan, new, removed, replace_for = _plan(args, cluster, cib, score)
         if cib is None or not plan.complete:
             break
         new_cib = constraints.with_locations(cib, new, replace_for, keep_bans)
+        added_sizes = sizes.missing_sizes(cib, replace_for or set()) if args.command != "clear" else {}
+        if added_sizes:
+            new_cib = with_utilization(new_cib, added_sizes)
         if not args.apply:
             break
         valid_before, _ = verify(cib)
@@ -204,7 +208,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.simulate:
         _show_simulation(plan, cluster, new_cib, with_status)
     if args.apply:
-        print(f"applied: {len(new)} constraint(s) written, {len(removed)} replaced")
+        print(f"applied: {len(new)} constraint(s) written, {len(removed)} replaced"
+              + (f", utilization of {len(added_sizes)} VM(s) added" if added_sizes else ""))
     return 0
 
 

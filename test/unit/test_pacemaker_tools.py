@@ -174,7 +174,7 @@ def test_utilization_edit_keeps_existing_ids_and_never_reuses_one():
     taken = '<utilization id="u1"><nvpair id="vm-utilization" name="cpu" value="4"/>' \
             '<nvpair id="u1-mem" name="hv_memory" value="1"/></utilization>'
     root = _with_vm(pacemaker.safexml.parse(CIB), taken)
-    new = pacemaker.with_utilization(root, "vm", {"cpu": "2", "hv_memory": None, "host_memory": "96"})
+    new = pacemaker.with_utilization(root, {"vm": {"cpu": "2", "hv_memory": None, "host_memory": "96"}})
     block = new.find("configuration/resources/clone/primitive/utilization")
     assert [(nv.get("id"), nv.get("name"), nv.get("value")) for nv in block] == [
         ("vm-utilization", "cpu", "2"), ("u1-host_memory", "host_memory", "96")]
@@ -185,12 +185,12 @@ def test_utilization_block_is_created_with_a_fresh_id():
     root = _with_vm(pacemaker.safexml.parse(CIB))
     root.find("configuration/constraints").append(etree.fromstring(
         '<rsc_location id="vm-utilization" rsc="vm" node="node1" score="1"/>'))
-    new = pacemaker.with_utilization(root, "vm", {"cpu": "1"})
+    new = pacemaker.with_utilization(root, {"vm": {"cpu": "1"}})
     block = new.find("configuration/resources/clone/primitive/utilization")
     assert block.get("id") == "vm-utilization-2"
     assert [(nv.get("id"), nv.get("value")) for nv in block] == [("vm-utilization-2-cpu", "1")]
     with pytest.raises(pacemaker.PacemakerError, match="no primitive ghost"):
-        pacemaker.with_utilization(root, "ghost", {"cpu": "1"})
+        pacemaker.with_utilization(root, {"ghost": {"cpu": "1"}, "vm": {}})
 
 
 @needs_pacemaker
