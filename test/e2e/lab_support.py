@@ -68,8 +68,8 @@ class Lab:
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         return run_cli(*args, "--name", self.name, check=check)
 
-    def run(self, node: str, *argv: str, check: bool = True) -> subprocess.CompletedProcess:
-        return node_run(self.state(), node, list(argv), check=check)
+    def run(self, node: str, *argv: str, check: bool = True, timeout: float = 60.0) -> subprocess.CompletedProcess:
+        return node_run(self.state(), node, list(argv), check=check, timeout=timeout)
 
     def pcs(self, *args: str, node: str | None = None, timeout: float = 60.0) -> subprocess.CompletedProcess:
         state = self.state()
