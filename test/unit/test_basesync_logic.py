@@ -257,6 +257,17 @@ def test_the_main_node_publishes_its_verified_copies(tmp_path, monkeypatch):
     assert status.failures(node.status) == []
 
 
+def test_attributes_the_cluster_dropped_are_published_again_on_the_next_pass(tmp_path, monkeypatch):
+    """Pacemaker drops a remote node's transient attributes when its connection moves (and
+    every node's when it leaves): each pass compares with what the CIB holds now."""
+    base = write_manifest(tmp_path, b"x" * 1000)
+    node = main_node(tmp_path, monkeypatch)
+    node.run_pass()
+    node.cluster.attributes.clear()
+    node.run_pass()
+    assert node.cluster.attributes == {"deb12": base.sha256}
+
+
 def test_a_wrong_copy_on_the_main_node_is_withdrawn_and_fails_monitor(tmp_path, monkeypatch):
     write_manifest(tmp_path, b"x" * 1000)
     node = main_node(tmp_path, monkeypatch)
