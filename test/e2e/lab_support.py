@@ -203,6 +203,15 @@ def settled_lab(lab: Lab) -> Lab:
     return lab
 
 
+def domain_state(lab: Lab, node: str, vm: str) -> tuple[int, int]:
+    """libvirt's (state, reason) of guest `vm` on `node`."""
+    conn = vms.libvirt_connection(lab.state(), node)
+    try:
+        return conn.lookupByName(vm).state()
+    finally:
+        conn.close()
+
+
 class QemuWatch:
     """Samples, in a thread, on which nodes each guest's QEMU process exists."""
 

@@ -18,7 +18,7 @@ from lxml import etree
 from ravada_lab import vms
 from ravada_lab.domains import write_domain
 
-from lab_support import SESSION, QemuWatch, running_lab
+from lab_support import SESSION, QemuWatch, domain_state, running_lab
 
 pytestmark = pytest.mark.lab
 
@@ -31,15 +31,6 @@ def rlab(installed, request):
     with running_lab(f"e2e-{SESSION}-rv", request, len(FULL), len(REMOTES)) as lab:
         lab.settle()
         yield lab
-
-
-def domain_state(lab, node: str, vm: str) -> tuple[int, int]:
-    conn = vms.libvirt_connection(lab.state(), node)
-    try:
-        state, reason = conn.lookupByName(vm).state()
-        return state, reason
-    finally:
-        conn.close()
 
 
 def qemu_pid(lab, node: str, vm: str) -> int:
@@ -66,6 +57,13 @@ def assert_never_twice(watch: QemuWatch, vm: str) -> None:
 def create_disabled(lab, name: str, *meta: str) -> None:
     config = write_domain(lab.layout, name)
     lab.run(FULL[0], *vms.create_argv(name, config, meta=("allow-migrate=true", *meta)), "--disabled")
+
+
+def enable_on(lab, name: str, node: str, score: str) -> None:
+    """Start disabled VM `name` where a location preference of `score` puts it."""
+    lab.pcs("constraint", "location", name, "prefers", f"{node}={score}")
+    lab.pcs("resource", "enable", name)
+    assert lab.wait_started(name) == node
 
 
 def cib(lab) -> etree._Element:
@@ -134,9 +132,7 @@ def test_vm_on_a_remote_node_live_migrates_to_remote_and_full_nodes(rlab):
     create_disabled(lab, "vmrem")
     try:
         assert utilization_of(lab, "vmrem") == {}
-        lab.pcs("constraint", "location", "vmrem", "prefers", "remote1=INFINITY")
-        lab.pcs("resource", "enable", "vmrem")
-        assert lab.wait_started("vmrem") == "remote1"
+        enable_on(lab, "vmrem", "remote1", "INFINITY")
         assert vms.qemu_nodes(lab.state()).get("vmrem") == ["remote1"]
         # Written by the agent's start on remote1, through pacemaker-remoted's proxy.
         lab.wait(lambda _v: {"cpu", "hv_memory"} <= set(utilization_of(lab, "vmrem")),
@@ -186,9 +182,7 @@ def test_drain_a_remote_node_by_live_migration(rlab):
     lab = rlab
     create_disabled(lab, "vmdrain")
     try:
-        lab.pcs("constraint", "location", "vmdrain", "prefers", "remote2=100")
-        lab.pcs("resource", "enable", "vmdrain")
-        assert lab.wait_started("vmdrain") == "remote2"
+        enable_on(lab, "vmdrain", "remote2", "100")
         with QemuWatch(lab) as watch:
             done = lab.run(FULL[0], "ravada-node", "drain", "remote2", "--timeout", "120")
             target = lab.wait_started("vmdrain", not_on=("remote2",))
@@ -205,9 +199,7 @@ def test_cut_remote_node_is_fenced_before_its_vm_runs_elsewhere(rlab):
     lab = rlab
     create_disabled(lab, "vmcut")
     try:
-        lab.pcs("constraint", "location", "vmcut", "prefers", "remote1=100")
-        lab.pcs("resource", "enable", "vmcut")
-        assert lab.wait_started("vmcut") == "remote1"
+        enable_on(lab, "vmcut", "remote1", "100")
         lab.pcs("constraint", "delete", "location-vmcut-remote1-100")
         with QemuWatch(lab) as watch:
             wall = time.time()
@@ -228,9 +220,7 @@ def test_full_node_hosting_a_connection_dies_and_the_vm_keeps_running(rlab):
     lab = rlab
     create_disabled(lab, "vmkeep")
     try:
-        lab.pcs("constraint", "location", "vmkeep", "prefers", "remote2=INFINITY")
-        lab.pcs("resource", "enable", "vmkeep")
-        assert lab.wait_started("vmkeep") == "remote2"
+        enable_on(lab, "vmkeep", "remote2", "INFINITY")
         host = lab.view().resources["remote2"][0]
         assert host in FULL
         pid = qemu_pid(lab, "remote2", "vmkeep")
@@ -259,9 +249,7 @@ def test_shutdown_and_wake_a_remote_node(rlab):
     lab = rlab
     create_disabled(lab, "vmhome")
     try:
-        lab.pcs("constraint", "location", "vmhome", "prefers", "remote2=100")
-        lab.pcs("resource", "enable", "vmhome")
-        assert lab.wait_started("vmhome") == "remote2"
+        enable_on(lab, "vmhome", "remote2", "100")
         fenced_before = len(lab.fence_events("remote2"))
         poweroff = f"RAVADA_NODE_POWEROFF=fence_ravada_lab --lab={lab.name} --action=off --plug={{node}}"
         with QemuWatch(lab) as watch:

@@ -5,18 +5,9 @@ import pytest
 
 from ravada_lab import vms
 
-from lab_support import QemuWatch
+from lab_support import QemuWatch, domain_state
 
 pytestmark = pytest.mark.lab
-
-
-def domain_state(lab, node: str, vm: str) -> tuple[int, int]:
-    conn = vms.libvirt_connection(lab.state(), node)
-    try:
-        state, reason = conn.lookupByName(vm).state()
-        return state, reason
-    finally:
-        conn.close()
 
 
 def assert_arrived_live(lab, watch: QemuWatch, vm: str, source: str, target: str) -> None:
