@@ -207,7 +207,8 @@ def domain_state(lab: Lab, node: str, vm: str) -> tuple[int, int]:
     """libvirt's (state, reason) of guest `vm` on `node`."""
     conn = vms.libvirt_connection(lab.state(), node)
     try:
-        return conn.lookupByName(vm).state()
+        state, reason = conn.lookupByName(vm).state()
+        return state, reason
     finally:
         conn.close()
 

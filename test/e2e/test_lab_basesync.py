@@ -153,8 +153,12 @@ def test_a_base_an_overlay_uses_is_kept_until_the_overlay_is_gone(lab, synced):
     bl.remove_base(state, "desk")
     bl.wait_attributes(state, "desk", {"node2": None}, SYNC_TIMEOUT)
     assert not bl.file_on(state, "node2", "desk.qcow2")
+    # node3's worker sees the new manifest on its own next pass.
+    deadline = time.monotonic() + SYNC_TIMEOUT
+    while bl.status_of(state, "node3")["bases"]["desk"]["state"] != "kept":
+        assert time.monotonic() < deadline, bl.status_of(state, "node3")["bases"]["desk"]
+        time.sleep(1)
     assert bl.file_on(state, "node3", "desk.qcow2"), "a base an overlay uses was deleted"
-    assert bl.status_of(state, "node3")["bases"]["desk"]["state"] == "kept"
     lab.run("node3", "rm", f"{bl.DIRECTORY}/clone-of-desk.qcow2")
     deadline = time.monotonic() + SYNC_TIMEOUT
     while bl.file_on(state, "node3", "desk.qcow2"):

@@ -271,6 +271,9 @@ def test_shutdown_and_wake_a_remote_node(rlab):
         assert wakes[-1]["client"].startswith("wake-on-lan from "), wakes[-3:]
         assert len(lab.fence_events("remote2")) == fenced_before
     finally:
+        if "remote2" not in lab.state().powered_nodes():     # failed before the wake
+            lab.cli("on", "remote2", check=False)
+            lab.pcs("resource", "enable", "remote2")
         lab.run(FULL[0], "ravada-node", "undrain", "remote2", check=False)
         lab.settle()
         lab.delete_vm("vmhome")
